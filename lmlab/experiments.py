@@ -1,0 +1,177 @@
+"""Run training configurations, cache their results on disk, return tidy records.
+
+A run is identified by its model config, train config, corpus (name, fraction, sizes), an
+optional ``variant`` naming a custom model builder, and a fingerprint of lmlab's own source code:
+change any of them and the run is computed again; change nothing and it is read back from
+``$LMLAB_CACHE_DIR/runs`` in milliseconds. Widgets and notebooks call :func:`run_experiment`
+and never train by themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import Corpus, char_corpus
+from .model import Transformer
+from .paths import cache_dir
+from .train import train
+
+_NOT_IN_KEY = ("progress", "checkpoint_dir", "checkpoint_every", "device")
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 over lmlab's own .py files: cached runs are recomputed when the code changes."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Result:
+    """One finished run: its configs, its history rows, and (if kept) the trained weights."""
+
+    key: str
+    label: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+    corpus: str
+    history: list[dict]
+    variant: str | None = None
+    model_path: Path | None = None
+    cached: bool = False
+    info: dict = field(default_factory=dict)
+
+    def column(self, key: str) -> tuple[list[int], list[float]]:
+        rows = [r for r in self.history if r.get(key) is not None]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.column("val_loss")[1][-1]
+
+    @property
+    def best_val_loss(self) -> float:
+        return min(self.column("val_loss")[1])
+
+    def load_model(self, builder: Callable[[ModelConfig], nn.Module] | None = None) -> nn.Module:
+        """The trained model (needs ``keep_model=True`` when the run was made)."""
+        if self.model_path is None or not Path(self.model_path).exists():
+            raise FileNotFoundError(f"run {self.label!r} kept no weights: run it with keep_model=True.")
+        model = (builder or Transformer)(self.model_config)
+        model.load_state_dict(load_checkpoint(self.model_path)["model"])
+        return model.eval()
+
+
+def _corpus_id(corpus: Corpus) -> dict:
+    return {"name": corpus.name, "train": len(corpus.train), "val": len(corpus.val),
+            "vocab": corpus.tokenizer.vocab_size}
+
+
+def run_key(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
+            variant: str | None = None) -> str:
+    tc = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in _NOT_IN_KEY}
+    blob = json.dumps({"model": dataclasses.asdict(model_config), "train": tc,
+                       "corpus": _corpus_id(corpus), "variant": variant,
+                       "code": code_fingerprint()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
+                   corpus: Corpus | str = "tinyshakespeare", *, label: str | None = None,
+                   builder: Callable[[ModelConfig], nn.Module] | None = None,
+                   variant: str | None = None, keep_model: bool = False, cache: bool = True,
+                   callback: Callable[[dict], None] | None = None) -> Result:
+    """Train (or read back) one configuration.
+
+    The model is built by ``builder(model_config)`` (default :class:`lmlab.Transformer`) right
+    after ``torch.manual_seed(train_config.seed)``, so a run depends only on its configs. A custom
+    ``builder`` must come with a ``variant`` string that names it in the cache key.
+    """
+    if builder is not None and not variant:
+        raise ValueError("a custom builder needs variant='...' naming it, so cached runs of "
+                         "different builders are not confused.")
+    corpus = char_corpus(corpus) if isinstance(corpus, str) else corpus
+    key = run_key(model_config, train_config, corpus, variant)
+    label = label or key[:8]
+    folder = cache_dir() / "runs" / key
+    meta_path = folder / "result.json"
+    model_path = folder / "model.pt"
+    if cache and meta_path.exists() and (not keep_model or model_path.exists()):
+        meta = json.loads(meta_path.read_text())
+        return Result(key, label, model_config, train_config, corpus.name, meta["history"],
+                      variant, model_path if model_path.exists() else None, True, meta.get("info", {}))
+    torch.manual_seed(train_config.seed)
+    model = (builder or Transformer)(model_config)
+    run = train(model, corpus, train_config, callback=callback)
+    info = {"interrupted": run.interrupted, "stopped_early": run.stopped_early}
+    result = Result(key, label, model_config, train_config, corpus.name, run.history, variant,
+                    None, False, info)
+    if run.interrupted:  # never cache a partial run as if it were the real one
+        return result
+    if cache:
+        folder.mkdir(parents=True, exist_ok=True)
+        if keep_model:
+            result.model_path = save_checkpoint({"model": model.state_dict()}, model_path)
+        _write_json(meta_path, {"history": run.history, "info": info, "label": label,
+                                "model_config": dataclasses.asdict(model_config),
+                                "train_config": dataclasses.asdict(train_config),
+                                "corpus": _corpus_id(corpus), "variant": variant})
+    return result
+
+
+def grid(**axes: Iterable) -> list[dict]:
+    """Cartesian product of named value lists: grid(lr=[1e-3, 3e-3], n_layer=[2, 4]) -> 4 dicts."""
+    names = list(axes)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def sweep(model_config: ModelConfig, train_config: TrainConfig, points: list[dict],
+          corpus: Corpus | str = "tinyshakespeare", **kwargs) -> list[Result]:
+    """Run each point of ``points``; a key names a field of ModelConfig or TrainConfig."""
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    results = []
+    for point in points:
+        unknown = set(point) - model_fields - train_fields
+        if unknown:
+            raise ValueError(f"sweep point {point} names unknown fields {sorted(unknown)}.")
+        mc = model_config.replace(**{k: v for k, v in point.items() if k in model_fields})
+        tc = train_config.replace(**{k: v for k, v in point.items() if k in train_fields})
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        results.append(run_experiment(mc, tc, corpus, label=label, **kwargs))
+    return results
+
+
+def records(results: Iterable[Result], metrics: tuple[str, ...] = ("val_loss",)) -> list[dict]:
+    """Tidy rows, one per (run, evaluation step): label, step, tokens, lr and the metrics."""
+    rows = []
+    for r in results:
+        for h in r.history:
+            if all(h.get(m) is not None for m in metrics):
+                rows.append({"label": r.label, "step": h["step"], "tokens": h["tokens"],
+                             "lr": h["lr"], **{m: h[m] for m in metrics}})
+    return rows

@@ -1,0 +1,381 @@
+"""Pretraining objectives: what the model is asked to predict, and the loss that scores it.
+
+Each entry of ``OBJECTIVES`` maps a name to a function ``(model, x, y, ctx) -> scalar loss`` that
+the training loop calls on a batch of windows ``x`` (B, T) with next-token targets ``y`` (B, T);
+``ctx`` is an :class:`ObjectiveContext` carrying the tokenizer, a generator for any randomness
+(so masking is reproducible and resumable) and options such as label smoothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ObjectiveContext:
+    tokenizer: object
+    generator: torch.Generator | None = None
+    label_smoothing: float = 0.0
+    mask_rate: float = 0.15
+    pair_weight: float = 1.0  # lambda in L = L_MLM + lambda * L_pair
+
+
+def clm_loss(logits: torch.Tensor, targets: torch.Tensor,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+    """Causal LM loss: mean over positions of -log p(x_{t+1} | x_{<=t}).
+
+    logits: (B, T, V); targets: (B, T) with ``targets[:, t]`` the token after position t;
+    entries equal to -100 are ignored. Equal to ``F.cross_entropy`` on the flattened tensors.
+    """
+    if logits.dim() != 3 or targets.shape != logits.shape[:2]:
+        raise ValueError(
+            f"clm_loss expects logits (B, T, V) and targets (B, T); got {tuple(logits.shape)} and "
+            f"{tuple(targets.shape)}."
+        )
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+
+def mask_tokens(ids: torch.Tensor, tokenizer, rate: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking rule (Devlin et al., 2019). Returns ``(inputs, labels)``, both like ``ids``.
+
+    Each non-special, non-padding position is selected with probability ``rate``. Of the selected:
+    80% become [MASK], 10% a random (non-special) token, 10% stay unchanged. ``labels`` holds the
+    original token at selected positions and -100 everywhere else, so only selected positions
+    contribute to the loss.
+    """
+    if not 0 < rate < 1:
+        raise ValueError(f"rate={rate!r} is invalid: expected a masking rate in (0, 1), e.g. 0.15.")
+    device = ids.device
+    candidates = ~tokenizer.is_special(ids)  # specials and [PAD] are never selected
+    u = torch.rand(ids.shape, device=device, generator=generator)
+    selected = (u < rate) & candidates
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    action = torch.rand(ids.shape, device=device, generator=generator)
+    to_mask = selected & (action < 0.8)
+    to_random = selected & (action >= 0.8) & (action < 0.9)
+    random_ids = torch.randint(0, tokenizer.n_chars, ids.shape, device=device, generator=generator)
+    inputs = torch.where(to_mask, torch.full_like(ids, tokenizer.mask_id), ids)
+    inputs = torch.where(to_random, random_ids, inputs)
+    return inputs, labels
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the selected positions only (labels != -100)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                           ignore_index=IGNORE_INDEX)
+
+
+def clm_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    return clm_loss(model(x), y, ctx.label_smoothing)
+
+
+def mlm_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    inputs, labels = mask_tokens(x, ctx.tokenizer, ctx.mask_rate, ctx.generator)
+    if not (labels != IGNORE_INDEX).any():  # vanishingly rare; keeps the loss finite
+        labels[0, 0] = x[0, 0]
+    return masked_lm_loss(model(inputs), labels)
+
+
+OBJECTIVES: dict[str, Callable] = {
+    "clm": clm_objective,
+    "mlm": mlm_objective,
+}
+
+# ------------------------------------------------------------------ units
+
+
+def bits_per_char(nats: float | torch.Tensor) -> float | torch.Tensor:
+    """Convert a mean cross-entropy in nats per predicted character to bits: nats / ln 2."""
+    return nats / math.log(2)
+
+
+# ------------------------------------------------------------------ prefix LM
+
+
+def prefix_lm_mask(prefix_len: torch.Tensor, t: int) -> torch.Tensor:
+    """Prefix-LM attention mask (Raffel et al. 2020; Dong et al. 2019), True = may attend.
+
+    allowed[b, 0, i, j] = (j <= i) or (j < prefix_len[b]): bidirectional inside the prefix,
+    causal after it. prefix_len: (B,) ints in [0, t]; returns (B, 1, t, t) bool.
+    """
+    if prefix_len.dim() != 1:
+        raise ValueError(f"prefix_len must be 1-D (B,), got shape {tuple(prefix_len.shape)}.")
+    if bool(((prefix_len < 0) | (prefix_len > t)).any()):
+        raise ValueError(f"prefix lengths must lie in [0, {t}]; got {prefix_len.tolist()}.")
+    i = torch.arange(t, device=prefix_len.device)[:, None]  # (T, 1) query positions
+    j = torch.arange(t, device=prefix_len.device)[None, :]  # (1, T) key positions
+    allowed = (j <= i) | (j < prefix_len[:, None, None])  # (B, T, T)
+    return allowed[:, None]  # (B, 1, T, T)
+
+
+def prefix_lm_labels(targets: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:
+    """Next-token targets (B, T) kept only where position t >= prefix_len - 1, -100 elsewhere.
+
+    Position t predicts x_{t+1}; inside the prefix x_{t+1} is visible (bidirectional), so only the
+    tokens after the prefix, x_P .. x_T, are predicted: positions P-1 .. T-1.
+    """
+    pos = torch.arange(targets.size(1), device=targets.device)[None, :]  # (1, T)
+    keep = pos >= (prefix_len[:, None] - 1)  # (B, T)
+    return torch.where(keep, targets, torch.full_like(targets, IGNORE_INDEX))
+
+
+def sample_prefix_lengths(batch: int, t: int, generator: torch.Generator | None = None,
+                          device=None) -> torch.Tensor:
+    """Prefix lengths drawn uniformly from {1, ..., t - 1}: (B,) int64."""
+    if t < 2:
+        raise ValueError(f"a prefix LM needs windows of at least 2 tokens, got t={t}.")
+    return torch.randint(1, t, (batch,), generator=generator, device=device)
+
+
+def prefix_lm_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    """Prefix LM: a random prefix per window is read bidirectionally, the rest is predicted
+    causally; mean cross-entropy over the predicted (post-prefix) tokens only."""
+    prefix_len = sample_prefix_lengths(x.size(0), x.size(1), ctx.generator, x.device)  # (B,)
+    logits = model(x, mask=prefix_lm_mask(prefix_len, x.size(1)))  # (B, T, V)
+    return masked_lm_loss(logits, prefix_lm_labels(y, prefix_len))
+
+
+# ------------------------------------------------------------------ span corruption (T5)
+
+
+def random_partition(total: int, parts: int, generator: torch.Generator | None = None) -> list[int]:
+    """Split ``total`` into ``parts`` positive integers summing to ``total``, uniformly over all
+    such compositions (T5's random segmentation): parts - 1 distinct cut points in 1..total-1.
+    """
+    if not 1 <= parts <= total:
+        raise ValueError(f"cannot split {total} into {parts} positive parts: "
+                         "need 1 <= parts <= total.")
+    cuts = (torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).sort().values.tolist()
+    edges = [0, *cuts, total]
+    return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def span_counts(length: int, rate: float, mean_span: float) -> tuple[int, int]:
+    """(noise tokens, spans) for a sequence of ``length``: n_noise = round(length * rate) (at least
+    1), n_spans = round(n_noise / mean_span) clipped to [1, min(n_noise, length - n_noise)]."""
+    n_noise = min(length - 1, max(1, round(length * rate)))
+    n_spans = max(1, min(round(n_noise / mean_span), n_noise, length - n_noise))
+    return n_noise, n_spans
+
+
+def span_corruption(ids: torch.Tensor, tokenizer, rate: float = 0.15, mean_span: float = 3.0,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5's span corruption (Raffel et al. 2020) on one 1-D sequence; returns (source, target).
+
+    round(L * rate) tokens in about n_noise / mean_span contiguous spans are removed; each span is
+    replaced in the source by one sentinel, and the target lists the sentinels each followed by
+    the span it hides, then [SEP]. With a character vocabulary the one [MASK] token serves as every
+    sentinel (the k-th [MASK] of the target names the k-th of the source):
+
+        source = keep_1 [MASK] keep_2 [MASK] ... keep_n [MASK] [SEP]
+        target = [MASK] span_1 [MASK] span_2 ... [MASK] span_n [SEP]
+    """
+    if ids.dim() != 1 or ids.numel() < 2:
+        raise ValueError("span_corruption takes one 1-D sequence of >= 2 ids, "
+                         f"got shape {tuple(ids.shape)}.")
+    if not 0 < rate < 1:
+        raise ValueError(f"rate={rate!r} is invalid: expected a corruption rate in (0, 1).")
+    if mean_span < 1:
+        raise ValueError(f"mean_span={mean_span!r} is invalid: expected a span length >= 1.")
+    n_noise, n_spans = span_counts(ids.numel(), rate, mean_span)
+    noise_lengths = random_partition(n_noise, n_spans, generator)
+    keep_lengths = random_partition(ids.numel() - n_noise, n_spans, generator)
+    mask_id = torch.tensor([tokenizer.mask_id], device=ids.device)
+    sep_id = torch.tensor([tokenizer.sep_id], device=ids.device)
+    source, target, start = [], [], 0
+    for keep, noise in zip(keep_lengths, noise_lengths, strict=True):  # keep, then drop, n times
+        source += [ids[start : start + keep], mask_id]
+        target += [mask_id, ids[start + keep : start + keep + noise]]
+        start += keep + noise
+    return torch.cat([*source, sep_id]), torch.cat([*target, sep_id])
+
+
+def span_source_length(t: int, rate: float, mean_span: float) -> int:
+    """Longest L whose span-corrupted pair fits a decoder window: L + 2 n_spans + 1 <= t."""
+    for length in range(t, 1, -1):
+        if length + 2 * span_counts(length, rate, mean_span)[1] + 1 <= t:
+            return length
+    raise ValueError(f"a window of t={t} is too short for span corruption; use t >= 8.")
+
+
+def span_corruption_batch(x: torch.Tensor, tokenizer, rate: float = 0.15, mean_span: float = 3.0,
+                          generator: torch.Generator | None = None):
+    """Span corruption laid out for a decoder-only model as a prefix LM.
+
+    Each row's first L tokens (L = :func:`span_source_length`) give seq = source + target; the
+    model reads ``inputs = seq[:-1]`` (padded with [PAD] to T) with ``prefix_len = len(source)``
+    bidirectional and predicts ``labels = seq[1:]`` on the target part only (-100 elsewhere).
+    Returns inputs (B, T), labels (B, T), prefix_len (B,).
+    """
+    b, t = x.shape
+    length = span_source_length(t, rate, mean_span)
+    inputs = torch.full_like(x, tokenizer.pad_id)  # (B, T)
+    labels = torch.full_like(x, IGNORE_INDEX)  # (B, T)
+    prefix_len = torch.empty(b, dtype=torch.long, device=x.device)  # (B,)
+    for row in range(b):
+        source, target = span_corruption(x[row, :length], tokenizer, rate, mean_span, generator)
+        seq = torch.cat([source, target])  # (L + 2 n_spans + 2,)
+        n = seq.numel() - 1
+        inputs[row, :n] = seq[:-1]
+        labels[row, :n] = seq[1:]
+        labels[row, : source.numel() - 1] = IGNORE_INDEX  # the source is read, not predicted
+        prefix_len[row] = source.numel()
+    return inputs, labels, prefix_len
+
+
+def span_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    """Span corruption (rate = ctx.mask_rate, mean span 3) trained as a prefix LM."""
+    inputs, labels, prefix_len = span_corruption_batch(x, ctx.tokenizer, ctx.mask_rate, 3.0,
+                                                       ctx.generator)
+    mask = prefix_lm_mask(prefix_len, x.size(1))  # (B, 1, T, T)
+    key_padding = inputs != ctx.tokenizer.pad_id  # (B, T)
+    return masked_lm_loss(model(inputs, mask=mask, key_padding=key_padding), labels)
+
+
+# ------------------------------------------------------------------ sentence-pair objectives
+
+
+def pair_loss(pair_logits: torch.Tensor, pair_labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the pair head: pair_logits (B, 2), pair_labels (B,) with 1 = in order."""
+    if pair_logits.dim() != 2 or pair_labels.shape != pair_logits.shape[:1]:
+        raise ValueError(f"pair_loss expects logits (B, 2) and labels (B,); got "
+                         f"{tuple(pair_logits.shape)} and {tuple(pair_labels.shape)}.")
+    return F.cross_entropy(pair_logits.float(), pair_labels)
+
+
+def combined_loss(mlm: torch.Tensor, pair: torch.Tensor, pair_weight: float) -> torch.Tensor:
+    """BERT / ALBERT pretraining loss: L = L_MLM + lambda * L_pair (lambda = pair_weight)."""
+    if pair_weight < 0:
+        raise ValueError(f"pair_weight={pair_weight!r} is invalid: expected lambda >= 0.")
+    return mlm + pair_weight * pair
+
+
+def window_pairs(x: torch.Tensor, tokenizer, task: str,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sentence-pair inputs from windows of consecutive text (B, T), as in BERT and ALBERT.
+
+    Each window's first 2s tokens (s = (T - 3) // 2) are split into consecutive segments A, B and
+    laid out as ``[CLS] first [SEP] second [SEP]`` (padded with [PAD] to T). With probability 1/2
+    the pair is kept (label 1); otherwise (label 0) ``task='sop'`` swaps it to (B, A) and
+    ``task='nsp'`` replaces B by the B segment of another window of the batch (a random text).
+    Returns ids (B, T) and labels (B,).
+    """
+    if task not in ("nsp", "sop"):
+        raise ValueError(f"task={task!r} is invalid: expected 'nsp' or 'sop'.")
+    b, t = x.shape
+    s = (t - 3) // 2
+    if s < 1 or b < 2 and task == "nsp":
+        raise ValueError(f"window_pairs needs T >= 5 (and B >= 2 for nsp); got B={b}, T={t}.")
+    seg_a, seg_b = x[:, :s], x[:, s : 2 * s]  # (B, s) each, consecutive text
+    labels = (torch.rand(b, generator=generator, device=x.device) < 0.5).long()  # (B,)
+    keep = labels.bool()[:, None]  # (B, 1)
+    if task == "sop":
+        first = torch.where(keep, seg_a, seg_b)
+        second = torch.where(keep, seg_b, seg_a)
+    else:
+        first = seg_a
+        second = torch.where(keep, seg_b, seg_b.roll(1, dims=0))  # another window's B
+    cls = torch.full((b, 1), tokenizer.cls_id, dtype=x.dtype, device=x.device)
+    sep = torch.full((b, 1), tokenizer.sep_id, dtype=x.dtype, device=x.device)
+    pad = torch.full((b, t - 2 * s - 3), tokenizer.pad_id, dtype=x.dtype, device=x.device)
+    return torch.cat([cls, first, sep, second, sep, pad], dim=1), labels  # (B, T), (B,)
+
+
+def mlm_pair_losses(model, x, ctx: ObjectiveContext,
+                    task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_MLM, L_pair) on one batch of windows: build pairs, mask them, one forward pass; the pair
+    head (``model.pair_head``, see :mod:`lmlab.heads`) reads the [CLS] hidden state."""
+    if not hasattr(model, "pair_head"):
+        raise ValueError("this objective needs a model with a pair_head: build it with "
+                         "lmlab.heads.transformer_with_pair_head(config).")
+    ids, pair_labels = window_pairs(x, ctx.tokenizer, task, ctx.generator)  # (B, T), (B,)
+    inputs, labels = mask_tokens(ids, ctx.tokenizer, ctx.mask_rate, ctx.generator)
+    if not (labels != IGNORE_INDEX).any():
+        labels[0, 1] = ids[0, 1]
+    h = model.hidden(inputs, key_padding=ids != ctx.tokenizer.pad_id)  # (B, T, C)
+    mlm = masked_lm_loss(model.lm_head(h), labels)
+    return mlm, pair_loss(model.pair_head(h[:, 0]), pair_labels)  # [CLS] is position 0
+
+
+def mlm_sop_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    """ALBERT: L_MLM + lambda * L_SOP."""
+    return combined_loss(*mlm_pair_losses(model, x, ctx, "sop"), ctx.pair_weight)
+
+
+def mlm_nsp_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
+    """BERT: L_MLM + lambda * L_NSP."""
+    return combined_loss(*mlm_pair_losses(model, x, ctx, "nsp"), ctx.pair_weight)
+
+
+# ------------------------------------------------------------------ distillation
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 2.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al. 2015):
+
+        L = tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau)),
+
+    the KL summed over the vocabulary and averaged over positions. The tau^2 factor keeps the
+    gradient's scale independent of tau (the soft-target gradients shrink as 1 / tau^2);
+    write-ups that drop it silently weaken the distillation term as tau grows. Logits: (..., V).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError("student and teacher logits differ in shape: "
+                         f"{tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}.")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature!r} is invalid: expected tau > 0.")
+    v = student_logits.size(-1)
+    log_p_s = F.log_softmax(student_logits.float().reshape(-1, v) / temperature, dim=-1)  # (N, V)
+    log_p_t = F.log_softmax(teacher_logits.float().reshape(-1, v) / temperature, dim=-1)  # (N, V)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+    return temperature**2 * kl
+
+
+# ------------------------------------------------------------------ a common bug
+
+
+def mlm_step(model, optimizer, x: torch.Tensor, ctx: ObjectiveContext, *,
+             under_no_grad: bool = False) -> float:
+    """One MLM training step: zero the gradients, L = MLM loss on ``x`` (B, T), backward, step.
+
+    ``under_no_grad=True`` reproduces a bug found in widely copied tutorial code: the loss is
+    computed inside ``torch.no_grad()``, so it has no graph (``loss.requires_grad`` is False);
+    the ``if loss.requires_grad`` guard that keeps backward from raising hides it, and
+    ``optimizer.step()`` finds no gradients: every parameter stays exactly as it was.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad() if under_no_grad else contextlib.nullcontext():
+        loss = mlm_objective(model, x, None, ctx)
+    if loss.requires_grad:
+        loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+OBJECTIVES.update({
+    "prefix": prefix_lm_objective,
+    "span": span_objective,
+    "mlm_sop": mlm_sop_objective,
+    "mlm_nsp": mlm_nsp_objective,
+})
+
+PREDICTS = {
+    "clm": "every next character, from the characters before it",
+    "mlm": "the selected (masked) characters, from both sides",
+    "prefix": "the characters after a random prefix; the prefix is read both ways",
+    "span": "the removed spans, after reading the corrupted text both ways",
+    "mlm_sop": "the masked characters, plus whether two segments are in order",
+    "mlm_nsp": "the masked characters, plus whether segment B follows A",
+}
+"""What each objective's loss scores, in words (its unit is nats per predicted character)."""

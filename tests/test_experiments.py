@@ -1,0 +1,67 @@
+"""Experiment runner: caching by configuration, custom builders, sweeps and tidy records."""
+
+import pytest
+import torch
+
+from lmlab import ModelConfig, TrainConfig, Transformer
+from lmlab.experiments import grid, records, run_experiment, run_key, sweep
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    mc = ModelConfig(vocab_size=69, block_size=16, n_layer=1, n_head=2, d_model=16)
+    tc = TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=3, eval_batches=1,
+                     progress=False, device="cpu")
+    return mc, tc, tmp_path
+
+
+def test_second_run_is_read_from_cache(setup):
+    mc, tc, tmp = setup
+    first = run_experiment(mc, tc, keep_model=True)
+    second = run_experiment(mc, tc, keep_model=True)
+    assert not first.cached and second.cached
+    assert first.history == second.history
+    model = second.load_model()
+    assert isinstance(model, Transformer)
+    assert (tmp / "runs" / first.key / "result.json").exists()
+
+
+def test_key_changes_with_any_setting(setup):
+    mc, tc, _ = setup
+    from lmlab.data import char_corpus
+
+    c = char_corpus()
+    keys = {run_key(mc, tc, c), run_key(mc.replace(n_layer=2), tc, c),
+            run_key(mc, tc.replace(lr=2e-3), c), run_key(mc, tc, c.subset(0.5)),
+            run_key(mc, tc, c, variant="zeros")}
+    assert len(keys) == 5
+    assert run_key(mc, tc.replace(progress=True), c) == run_key(mc, tc, c)  # display only
+
+
+def test_custom_builder_needs_a_variant(setup):
+    mc, tc, _ = setup
+    with pytest.raises(ValueError, match="variant"):
+        run_experiment(mc, tc, builder=Transformer)
+
+
+def test_sweep_and_records(setup):
+    mc, tc, _ = setup
+    points = grid(lr=[1e-3, 3e-3], n_layer=[1, 2])
+    assert len(points) == 4
+    results = sweep(mc, tc, points)
+    assert [r.model_config.n_layer for r in results] == [1, 2, 1, 2]
+    assert results[1].label == "lr=0.001, n_layer=2"
+    rows = records(results)
+    assert len(rows) == 4 * 2 and {"label", "step", "val_loss"} <= set(rows[0])
+    with pytest.raises(ValueError, match="unknown fields"):
+        sweep(mc, tc, [{"learning_rate": 1e-3}])
+
+
+def test_runs_depend_only_on_configs(setup):
+    mc, tc, _ = setup
+    a = run_experiment(mc, tc, cache=False)
+    torch.manual_seed(999)  # global state must not leak into the result
+    b = run_experiment(mc, tc, cache=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
