@@ -133,9 +133,10 @@ def padding_mask(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
 def sinusoidal_positions(n_positions: int, d_model: int, scale: float = 1.0) -> torch.Tensor:
     """(T, d) table: PE[p, 2i] = scale * sin(p / 10000^(2i/d)), PE[p, 2i+1] = scale * cos(...same).
 
-    With ``scale=1`` (Vaswani et al. 2017) each row has norm sqrt(d/2). lmlab's Transformer uses
-    ``scale = 1 / sqrt(d)`` (rows of norm 1/sqrt(2)): its token embeddings start at N(0, 0.02),
-    and a table 50 times larger than them would drown the token identities.
+    With ``scale=1`` (Vaswani et al. 2017) each row has norm sqrt(d/2) (sin^2 + cos^2 = 1 per
+    pair). lmlab's Transformer uses ``scale = 1 / sqrt(2 d)``, rows of norm 1/2: the same order as
+    its N(0, 0.02) token embeddings (rows of norm 0.02 sqrt(d)), where an unscaled table, about 50
+    times larger, would drown the token identities.
     """
     if n_positions < 1 or d_model < 1:
         raise ValueError(f"n_positions={n_positions} and d_model={d_model} must both be >= 1.")

@@ -73,9 +73,9 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
         self.pos_emb = nn.Embedding(c.block_size, c.d_model) if c.pos == "learned" else None
         if c.pos == "sinusoidal":
-            # scaled by 1/sqrt(d) to the size of the N(0, init_std) token embeddings (see its docs)
+            # rows of norm 1/2, the order of the N(0, init_std) token embeddings (see its docs)
             self.register_buffer("pos_table", sinusoidal_positions(c.block_size, c.d_model,
-                                                                   1 / math.sqrt(c.d_model)),
+                                                                   1 / math.sqrt(2 * c.d_model)),
                                  persistent=False)
         rope = RotaryEmbedding(c.head_dim, c.block_size) if c.pos == "rope" else None
         self.drop = nn.Dropout(c.dropout)
@@ -104,7 +104,8 @@ class Transformer(nn.Module):
         if self.config.scale_residual_init:
             for block in self.blocks:
                 for proj in (block.attn.proj, block.mlp.proj):
-                    nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+                    scaled = std / math.sqrt(2 * self.config.n_layer)
+                    nn.init.normal_(proj.weight, mean=0.0, std=scaled)
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Parameter count (tied weights counted once); without position embeddings by default."""
@@ -117,7 +118,8 @@ class Transformer(nn.Module):
         b, t = idx.shape
         if start + t > self.config.block_size:
             raise ValueError(
-                f"sequence of length {start + t} is longer than block_size={self.config.block_size}; "
+                f"sequence of length {start + t} is longer than "
+                f"block_size={self.config.block_size}; "
                 "crop the input to the last block_size tokens."
             )
         x = self.tok_emb(idx)  # (B, T, C)
@@ -128,7 +130,8 @@ class Transformer(nn.Module):
         return self.drop(x)
 
     def hidden(self, idx, mask=None, key_padding=None, *, return_attention=False, caches=None):
-        """(B, T) ids -> final-LayerNormed hidden states (B, T, C) [, attention weights per layer]."""
+        """(B, T) ids -> final-LayerNormed hidden states (B, T, C)
+        [, attention weights per layer]."""
         start = 0 if not caches or "k" not in caches[0] else caches[0]["k"].size(2)
         x = self._embed(idx, start)
         is_causal = self.config.causal and mask is None

@@ -1,0 +1,61 @@
+"""Generation: the KV cache changes the cost, never the tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlab import ModelConfig, Transformer
+from lmlab.generate import generate_ids, timed_generation
+
+
+def _model(pos: str, block_size: int = 16) -> Transformer:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, d_model=16,
+                         pos=pos)
+    return Transformer(config).eval()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "none"])
+def test_cache_gives_identical_tokens_greedy_and_sampled(pos):
+    model = _model(pos)
+    idx = torch.tensor([[1, 2, 3, 4]])
+    for temperature in (0.0, 1.0):
+        runs = []
+        for use_cache in (True, False):
+            g = torch.Generator().manual_seed(3)
+            runs.append(generate_ids(model, idx, 20, temperature, None, g, use_cache))
+        assert runs[0].shape == (1, 24)
+        assert torch.equal(runs[0], runs[1])
+
+
+def test_cache_logits_match_full_forward():
+    model = _model("rope")
+    idx = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(0))
+    full = model(idx)  # (B, T, V)
+    caches = [{} for _ in range(2)]
+    parts = [model(idx[:, :5], caches=caches)]
+    parts += [model(idx[:, t : t + 1], caches=caches) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_timed_generation_counts_positions():
+    """T0 = 4 prompt tokens, N = 6 new ones, block 16: with the cache the model runs on
+    4 + 1 * 5 = 9 positions; without, on 4 + 5 + ... + 9 = 39."""
+    model = _model("learned")
+    idx = torch.tensor([[1, 2, 3, 4]])
+    cached = timed_generation(model, idx, 6, use_cache=True, repeats=2)
+    full = timed_generation(model, idx, 6, use_cache=False, repeats=2)
+    assert cached["positions"] == 9 and full["positions"] == sum(range(4, 10))
+    assert torch.equal(cached["ids"], full["ids"])
+    assert cached["seconds"] > 0 and full["seconds"] > 0
+    with pytest.raises(ValueError, match="repeats"):
+        timed_generation(model, idx, 2, use_cache=True, repeats=0)
+
+
+def test_generation_past_block_size_stays_identical():
+    model = _model("learned", block_size=8)
+    idx = torch.tensor([[1, 2, 3]])
+    a = generate_ids(model, idx, 12, 0.0, use_cache=True)
+    b = generate_ids(model, idx, 12, 0.0, use_cache=False)
+    assert torch.equal(a, b)
