@@ -32,7 +32,9 @@ def _check_int(cls: str, name: str, value: Any, minimum: int) -> None:
         _fail(cls, name, value, f"an integer >= {minimum}")
 
 
-def _check_real(cls: str, name: str, value: Any, low: float, high: float, *, closed_high: bool) -> None:
+def _check_real(
+    cls: str, name: str, value: Any, low: float, high: float, *, closed_high: bool
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and low <= value and (value <= high if closed_high else value < high)
     if not ok:
@@ -53,10 +55,10 @@ class _Replaceable:
 class ModelConfig(_Replaceable):
     """Shape and options of a :class:`lmlab.Transformer`.
 
-    ``causal=True`` gives a GPT-style decoder (token t sees tokens <= t); ``causal=False`` a BERT-style
-    bidirectional encoder. ``pos`` picks the positional scheme and ``attention`` the backend:
-    ``naive`` is the explicit softmax(QK^T / sqrt(d_k)) V written out (it can return the weights),
-    ``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (flash kernels on GPU).
+    ``causal=True`` gives a GPT-style decoder (token t sees tokens <= t); ``causal=False`` a
+    BERT-style bidirectional encoder. ``pos`` picks the positional scheme and ``attention`` the
+    backend: ``naive`` is the explicit softmax(QK^T / sqrt(d_k)) V written out (it can return the
+    weights), ``sdpa`` calls ``torch.nn.functional.scaled_dot_product_attention`` (flash on GPU).
     """
 
     vocab_size: int
@@ -87,7 +89,8 @@ class ModelConfig(_Replaceable):
             _fail(c, "d_model", self.d_model,
                   f"a multiple of n_head={self.n_head} (or choose n_head among {divisors[:12]})")
         if self.pos == "rope" and self.head_dim % 2:
-            _fail(c, "d_model", self.d_model, "d_model / n_head even, as RoPE rotates pairs of dims")
+            _fail(c, "d_model", self.d_model,
+                  "d_model / n_head even, as RoPE rotates pairs of dims")
         _check_real(c, "dropout", self.dropout, 0.0, 1.0, closed_high=False)
         _check_real(c, "init_std", self.init_std, 0.0, math.inf, closed_high=False)
         _check_choice(c, "pos", self.pos, POSITIONAL_SCHEMES)
@@ -112,6 +115,8 @@ class TrainConfig(_Replaceable):
     after that many evaluations without improvement (early stopping).
     ``grad_accum`` micro-batches of ``batch_size`` make one optimizer step. ``grad_clip`` is the
     max global L2 norm (``None`` or 0 disables clipping; the norm is still recorded).
+    ``mask_rate`` is the masking (or span-corruption) rate of the MLM-family objectives and
+    ``pair_weight`` the lambda in L = L_MLM + lambda * L_pair (see :mod:`lmlab.objectives`).
     """
 
     steps: int = 1000
@@ -190,7 +195,8 @@ class TrainConfig(_Replaceable):
                   "a folder path, since keep_best=True saves the best model there")
         if self.checkpoint_every and not self.checkpoint_dir:
             _fail(c, "checkpoint_dir", self.checkpoint_dir,
-                  f"a folder path, since checkpoint_every={self.checkpoint_every} asks for checkpoints")
+                  f"a folder path, since checkpoint_every={self.checkpoint_every} "
+                  "asks for checkpoints")
 
     @property
     def final_lr(self) -> float:

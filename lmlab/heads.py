@@ -1,0 +1,197 @@
+"""Task heads on a Transformer's hidden states: a pair head on [CLS], a linear probe on frozen
+features, and a short fine-tune of the whole model with a classification head.
+
+    pooled  = h[:, 0]                                   ("cls": the first position)
+            = sum_t m_t h_t / sum_t m_t                 ("mean": over real tokens, m = key padding)
+    logits  = W pooled + b                              (one linear layer, W: (K, C))
+
+A linear probe trains only (W, b) on frozen features: it measures what the pretrained features
+already make linearly readable. A fine-tune trains (W, b) and every weight of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .model import Transformer
+
+POOLINGS = ("cls", "mean")
+
+
+class TransformerWithPairHead(Transformer):
+    """A :class:`Transformer` with ``pair_head``: Linear(d_model, 2) on the [CLS] hidden state,
+    used by the ``mlm_sop`` and ``mlm_nsp`` objectives (logit 1 = the segments are in order)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.pair_head = nn.Linear(config.d_model, 2)
+        nn.init.normal_(self.pair_head.weight, mean=0.0, std=config.init_std)
+        nn.init.zeros_(self.pair_head.bias)
+
+
+def transformer_with_pair_head(config: ModelConfig) -> TransformerWithPairHead:
+    """Builder for :func:`lmlab.experiments.run_experiment` (use ``variant='pair_head'``)."""
+    return TransformerWithPairHead(config)
+
+
+def bidirectional_mask(key_padding: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool (True = real token) -> (B, 1, T, T): every position sees every real token.
+    A prefix LM reads an input as one long prefix with this mask."""
+    t = key_padding.size(1)
+    return key_padding[:, None, None, :].expand(-1, 1, t, -1)  # (B, 1, T, T)
+
+
+def pool(h: torch.Tensor, key_padding: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """(B, T, C) hidden states -> (B, C): ``cls`` takes h[:, 0]; ``mean`` averages real tokens."""
+    if how not in POOLINGS:
+        raise ValueError(f"pooling={how!r} is invalid: expected one of {POOLINGS}.")
+    if how == "cls":
+        return h[:, 0]
+    m = key_padding.to(h.dtype)[..., None]  # (B, T, 1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, C)
+
+
+def encode(model: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, *,
+           bidirectional: bool = False, pooling: str = "mean") -> torch.Tensor:
+    """Pooled features (B, C) of ``model`` for ids (B, T). ``bidirectional=True`` overrides a causal
+    model's mask with :func:`bidirectional_mask` (how a prefix LM reads its input)."""
+    mask = bidirectional_mask(key_padding) if bidirectional else None
+    h = model.hidden(ids, mask=mask, key_padding=key_padding)  # (B, T, C)
+    return pool(h, key_padding, pooling)
+
+
+@torch.no_grad()
+def frozen_features(model: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, *,
+                    bidirectional: bool = False, pooling: str = "mean",
+                    batch_size: int = 256) -> torch.Tensor:
+    """Features (N, C) of a frozen model in eval mode, computed in batches on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [encode(model, ids[i : i + batch_size].to(device),
+                  key_padding[i : i + batch_size].to(device),
+                  bidirectional=bidirectional, pooling=pooling).float().cpu()
+           for i in range(0, len(ids), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)  # (N, C)
+
+
+def _check_labels(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> None:
+    if len(features) != len(labels):
+        raise ValueError(f"{len(features)} examples but {len(labels)} labels: they must match.")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, "
+                         f"{int(labels.max())}].")
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, *,
+                 weight_decay: float = 1e-3, steps: int = 200, seed: int = 0) -> nn.Linear:
+    """Multinomial logistic regression on fixed features: minimise
+    CE(W z + b, y) + weight_decay * ||W||^2 with full-batch L-BFGS, z the features standardized with
+    the training mean and std (folded back into W, b, so the returned layer takes raw features)."""
+    _check_labels(train_x, train_y, n_classes)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)  # (C,), (C,)
+    z = (train_x - mean) / std  # (N, C)
+    torch.manual_seed(seed)
+    layer = nn.Linear(z.size(1), n_classes)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=steps,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(z), train_y) + weight_decay * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():  # W (z) + b = (W / std) x + (b - W mean / std)
+        w = layer.weight / std  # (K, C)
+        layer.bias -= w @ mean
+        layer.weight.copy_(w)
+    return layer
+
+
+@torch.no_grad()
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+class SequenceClassifier(nn.Module):
+    """A Transformer body plus Linear(d_model, n_classes) on pooled hidden states."""
+
+    def __init__(self, body: Transformer, n_classes: int, *, pooling: str = "mean",
+                 bidirectional: bool = False):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is invalid: expected one of {POOLINGS}.")
+        self.body = body
+        self.head = nn.Linear(body.config.d_model, n_classes)
+        self.pooling = pooling
+        self.bidirectional = bidirectional
+
+    def forward(self, ids: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
+        feats = encode(self.body, ids, key_padding, bidirectional=self.bidirectional,
+                       pooling=self.pooling)  # (B, C)
+        return self.head(feats)  # (B, K)
+
+
+def fine_tune(body: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, labels: torch.Tensor,
+              n_classes: int, *, steps: int = 100, batch_size: int = 32, lr: float = 1e-3,
+              weight_decay: float = 0.01, pooling: str = "mean", bidirectional: bool = False,
+              seed: int = 0, device: str | torch.device = "cpu") -> SequenceClassifier:
+    """Train a copy of ``body`` plus a classification head with AdamW on cross-entropy for
+    ``steps`` minibatches (seeded); the original ``body`` is left untouched. Returns the classifier
+    in eval mode."""
+    _check_labels(ids, labels, n_classes)
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps={steps} and batch_size={batch_size} must both be >= 1.")
+    torch.manual_seed(seed)
+    model = SequenceClassifier(copy.deepcopy(body), n_classes, pooling=pooling,
+                               bidirectional=bidirectional).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(ids), (batch_size,), generator=g)  # (b,)
+        logits = model(ids[idx].to(device), key_padding[idx].to(device))  # (b, K)
+        loss = F.cross_entropy(logits.float(), labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(model: SequenceClassifier, ids: torch.Tensor, key_padding: torch.Tensor,
+                        labels: torch.Tensor, batch_size: int = 256) -> float:
+    """Accuracy of a :class:`SequenceClassifier` on (ids, key_padding, labels), in batches."""
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(ids), batch_size):
+        batch = slice(i, i + batch_size)
+        logits = model(ids[batch].to(device), key_padding[batch].to(device))  # (b, K)
+        correct += int((logits.argmax(-1).cpu() == labels[batch]).sum())
+    return correct / len(ids)
+
+
+@torch.no_grad()
+def pair_head_accuracy(model: TransformerWithPairHead, x: torch.Tensor, tokenizer, task: str,
+                       generator: torch.Generator | None = None) -> float:
+    """Accuracy of ``model.pair_head`` on NSP or SOP pairs built from windows x (B, T) by
+    :func:`lmlab.objectives.window_pairs` (unmasked inputs, eval mode; restores the mode)."""
+    from .objectives import window_pairs
+
+    was_training = model.training
+    model.eval()
+    ids, labels = window_pairs(x, tokenizer, task, generator)  # (B, T), (B,)
+    h = model.hidden(ids, key_padding=ids != tokenizer.pad_id)  # (B, T, C)
+    model.train(was_training)
+    return accuracy(model.pair_head(h[:, 0]), labels)

@@ -1,0 +1,84 @@
+"""Chapter 2 explorer: pick an objective, a masking rate and lambda; see its loss curves.
+
+Each setting is one :func:`lmlab.experiments.run_experiment` call: read from the disk cache when it
+was run before, trained live (with the progress bar) otherwise.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as W
+
+from ..config import ModelConfig, TrainConfig
+from ..experiments import Result, run_experiment
+from ..heads import transformer_with_pair_head
+from ..objectives import PREDICTS, bits_per_char
+
+CAUSAL = {"clm": True, "prefix": True, "span": True, "mlm": False, "mlm_sop": False,
+          "mlm_nsp": False}
+"""Default attention of the model each objective trains (prefix and span pass their own mask)."""
+USES_MASK_RATE = ("mlm", "mlm_sop", "mlm_nsp", "span")
+USES_PAIR_WEIGHT = ("mlm_sop", "mlm_nsp")
+
+
+def objective_run(model_config: ModelConfig, train_config: TrainConfig, objective: str,
+                  mask_rate: float = 0.15, pair_weight: float = 1.0, corpus="tinyshakespeare",
+                  **kwargs) -> Result:
+    """Run (or read back) ``objective`` on the given sizes: the model is causal or bidirectional as
+    the objective needs, gets a pair head for ``mlm_sop`` / ``mlm_nsp``, and settings the objective
+    ignores are reset to their defaults (so equal runs share one cache entry)."""
+    if objective not in CAUSAL:
+        raise ValueError(f"objective={objective!r} is invalid: expected one of {list(CAUSAL)}.")
+    mask_rate = mask_rate if objective in USES_MASK_RATE else 0.15
+    pair_weight = pair_weight if objective in USES_PAIR_WEIGHT else 1.0
+    paired = objective in USES_PAIR_WEIGHT
+    return run_experiment(
+        model_config.replace(causal=CAUSAL[objective]),
+        train_config.replace(objective=objective, mask_rate=mask_rate, pair_weight=pair_weight),
+        corpus, label=objective, builder=transformer_with_pair_head if paired else None,
+        variant="pair_head" if paired else None, **kwargs)
+
+
+def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
+                        corpus="tinyshakespeare", *, objective: str = "mlm",
+                        mask_rate: float = 0.15, pair_weight: float = 1.0):
+    """An :class:`lmlab.widgets.Explorer` with controls objective, mask_rate, pair_weight (lambda);
+    it draws the training and validation loss (bits per predicted character) against tokens seen."""
+    from . import Explorer
+
+    controls = {
+        "objective": W.Dropdown(options=list(CAUSAL), value=objective, description="objective"),
+        "mask_rate": W.FloatSlider(value=mask_rate, min=0.05, max=0.5, step=0.05,
+                                   description="mask rate", continuous_update=False),
+        "pair_weight": W.FloatSlider(value=pair_weight, min=0.0, max=2.0, step=0.25,
+                                     description="lambda", continuous_update=False),
+    }
+
+    def draw(figure, progress, objective, mask_rate, pair_weight):
+        total = train_config.steps
+
+        def on_step(row):
+            if row["step"] % 10 == 0:
+                progress(row["step"] / total, f"training {objective}: step {row['step']}/{total}")
+
+        result = objective_run(model_config, train_config, objective, mask_rate, pair_weight,
+                               corpus, callback=on_step)
+        ax = figure.add_subplot()
+        rows = [r for r in result.history if r.get("val_loss") is not None]
+        ax.plot([r["tokens"] for r in result.history],
+                [bits_per_char(r["train_loss"]) for r in result.history],
+                color="C0", alpha=0.35, linewidth=1, label="train (per step)")
+        ax.plot([r["tokens"] for r in rows], [bits_per_char(r["val_loss"]) for r in rows],
+                color="C0", marker="o", markersize=3, label="validation")
+        settings = []
+        if objective in USES_MASK_RATE:
+            settings.append(f"rate {mask_rate:.2f}")
+        if objective in USES_PAIR_WEIGHT:
+            settings.append(f"lambda {pair_weight:.2f}")
+        ax.set_title(f"{objective} {' '.join(settings)}: predicts {PREDICTS[objective]}",
+                     fontsize=9)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss / ln 2 (bits per predicted char)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    return Explorer(controls, draw, title="Pretraining objectives", figsize=(7.5, 3.8))

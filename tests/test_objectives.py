@@ -1,0 +1,231 @@
+"""Chapter 2 objectives: prefix LM, span corruption, sentence pairs, distillation, the no-grad bug.
+
+(The foundation's clm_loss / mask_tokens tests live in test_objectives_core.py.)
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab import ModelConfig, Transformer
+from lmlab.data import CharTokenizer
+from lmlab.heads import transformer_with_pair_head
+from lmlab.objectives import (
+    IGNORE_INDEX,
+    OBJECTIVES,
+    ObjectiveContext,
+    bits_per_char,
+    combined_loss,
+    distillation_loss,
+    mlm_pair_losses,
+    mlm_step,
+    pair_loss,
+    prefix_lm_labels,
+    prefix_lm_mask,
+    random_partition,
+    span_corruption,
+    span_corruption_batch,
+    span_counts,
+    window_pairs,
+)
+
+TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")
+
+
+def tiny(**kw) -> ModelConfig:
+    base = {"vocab_size": TOK.vocab_size, "block_size": 16, "n_layer": 1, "n_head": 2,
+            "d_model": 16}
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_bits_per_char_is_nats_over_ln2():
+    assert bits_per_char(math.log(65)) == pytest.approx(math.log2(65), abs=1e-12)
+
+
+def test_prefix_mask_hand_computed():
+    mask = prefix_lm_mask(torch.tensor([2, 0]), 4)
+    expected_p2 = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    assert mask.shape == (2, 1, 4, 4)
+    assert torch.equal(mask[0, 0], expected_p2)
+    assert torch.equal(mask[1, 0], torch.ones(4, 4).tril().bool())  # no prefix: causal
+    assert torch.equal(prefix_lm_mask(torch.tensor([4]), 4)[0, 0], torch.ones(4, 4).bool())
+    with pytest.raises(ValueError, match="prefix lengths"):
+        prefix_lm_mask(torch.tensor([5]), 4)
+
+
+def test_prefix_labels_keep_only_post_prefix_predictions():
+    y = torch.arange(1, 7)[None].repeat(2, 1)  # (2, 6)
+    labels = prefix_lm_labels(y, torch.tensor([3, 1]))
+    assert labels[0].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 3, 4, 5, 6]
+    assert labels[1].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_prefix_lm_never_sees_what_it_predicts():
+    """Changing tokens x_{t+1..} leaves the logits at every scored position t unchanged."""
+    torch.manual_seed(0)
+    model = Transformer(tiny(attention="naive")).eval()
+    x = torch.randint(0, TOK.n_chars, (1, 12))
+    p = torch.tensor([5])
+    mask = prefix_lm_mask(p, 12)
+    logits = model(x, mask=mask)
+    for t in range(4, 11):  # scored positions: t >= p - 1
+        x2 = x.clone()
+        x2[0, t + 1 :] = (x2[0, t + 1 :] + 7) % TOK.n_chars
+        torch.testing.assert_close(model(x2, mask=mask)[0, : t + 1], logits[0, : t + 1],
+                                   rtol=0, atol=1e-5)
+    x3 = x.clone()
+    x3[0, 4] = (x3[0, 4] + 3) % TOK.n_chars  # inside the prefix: position 0 sees it
+    assert not torch.allclose(model(x3, mask=mask)[0, 0], logits[0, 0], atol=1e-4)
+
+
+def test_random_partition_sums_and_is_positive():
+    g = torch.Generator().manual_seed(0)
+    for total, parts in [(10, 1), (10, 10), (17, 4)]:
+        lengths = random_partition(total, parts, g)
+        assert sum(lengths) == total and len(lengths) == parts and min(lengths) >= 1
+    with pytest.raises(ValueError, match="positive parts"):
+        random_partition(3, 4)
+
+
+def test_span_corruption_reconstructs_the_original():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor(TOK.encode("the quick brown fox jumps over the lazy dog"))
+    source, target = span_corruption(ids, TOK, rate=0.2, mean_span=3, generator=g)
+    n_noise, n_spans = span_counts(len(ids), 0.2, 3)
+    assert (source == TOK.mask_id).sum() == n_spans and (target == TOK.mask_id).sum() == n_spans
+    assert len(target) == n_noise + n_spans + 1 and len(source) == len(ids) - n_noise + n_spans + 1
+    # fill the k-th [MASK] of the source with the k-th span of the target: the original comes back
+    spans = TOK.decode(target[:-1]).split("[MASK]")[1:]
+    pieces = TOK.decode(source[:-1]).split("[MASK]")
+    rebuilt = "".join(p + s for p, s in zip(pieces, [*spans, ""], strict=True))
+    assert rebuilt == TOK.decode(ids)
+
+
+def test_span_batch_predicts_only_the_target():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, TOK.n_chars, (3, 32), generator=g)
+    inputs, labels, prefix_len = span_corruption_batch(x, TOK, 0.15, 3, g)
+    assert inputs.shape == labels.shape == (3, 32)
+    for row in range(3):
+        p = int(prefix_len[row])
+        assert inputs[row, p - 1] == TOK.sep_id  # the source ends with [SEP]
+        assert (labels[row, : p - 1] == IGNORE_INDEX).all()
+        assert labels[row, p - 1] == TOK.mask_id  # the first thing predicted: the first sentinel
+        real = labels[row] != IGNORE_INDEX
+        assert torch.equal(labels[row, real][:-1], inputs[row, p : p + int(real.sum()) - 1])
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_window_pairs_layout_and_labels(task):
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(8 * 19).view(8, 19) % TOK.n_chars  # (B, T=19): s = 8
+    ids, labels = window_pairs(x, TOK, task, g)
+    assert ids.shape == (8, 19)
+    assert (ids[:, 0] == TOK.cls_id).all() and (ids[:, 9] == TOK.sep_id).all()
+    assert (ids[:, 18] == TOK.sep_id).all()
+    for b in range(8):
+        a_seg, b_seg = x[b, :8], x[b, 8:16]
+        first, second = ids[b, 1:9], ids[b, 10:18]
+        if labels[b] == 1:
+            assert torch.equal(first, a_seg) and torch.equal(second, b_seg)
+        elif task == "sop":
+            assert torch.equal(first, b_seg) and torch.equal(second, a_seg)
+        else:
+            assert torch.equal(first, a_seg) and torch.equal(second, x[(b - 1) % 8, 8:16])
+
+
+def test_pair_and_combined_losses_against_cross_entropy():
+    logits = torch.tensor([[0.0, math.log(3.0)], [2.0, 0.0]])
+    labels = torch.tensor([1, 0])
+    expected = -(math.log(0.75) + math.log(math.exp(2) / (math.exp(2) + 1))) / 2
+    assert pair_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert combined_loss(torch.tensor(1.0), torch.tensor(2.0), 0.5).item() == 2.0
+    with pytest.raises(ValueError, match="pair_weight"):
+        combined_loss(torch.tensor(1.0), torch.tensor(2.0), -1.0)
+
+
+def test_mlm_sop_objective_combines_with_lambda():
+    torch.manual_seed(0)
+    model = transformer_with_pair_head(tiny(causal=False))
+    x = torch.randint(0, TOK.n_chars, (4, 16))
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7)
+    mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3)),
+                                "sop")
+    total = OBJECTIVES["mlm_sop"](model, x, x, ctx)
+    torch.testing.assert_close(total, mlm + 0.7 * pair, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pair_head"):
+        OBJECTIVES["mlm_sop"](Transformer(tiny(causal=False)), x, x, ctx)
+
+
+@pytest.mark.parametrize("name", ["prefix", "span", "mlm_sop", "mlm_nsp"])
+def test_new_objectives_start_near_uniform_and_backpropagate(name):
+    torch.manual_seed(0)
+    build = transformer_with_pair_head if name.startswith("mlm_") else Transformer
+    model = build(tiny(causal=name in ("prefix", "span"), block_size=32))
+    w = torch.randint(0, TOK.n_chars, (8, 33))
+    x, y = w[:, :-1], w[:, 1:]  # (B, T) windows and next-token targets
+    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0)))
+    expected = math.log(TOK.vocab_size) + (math.log(2) if name.startswith("mlm_") else 0.0)
+    assert loss.item() == pytest.approx(expected, rel=0.05)  # small init: near-uniform outputs
+    loss.backward()
+    assert model.tok_emb.weight.grad.abs().sum() > 0
+
+
+def test_distillation_matches_kl_div_times_tau_squared():
+    torch.manual_seed(0)
+    s, t = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
+    tau = 3.0
+    ref = F.kl_div(F.log_softmax(s / tau, -1).view(-1, 11), F.log_softmax(t / tau, -1).view(-1, 11),
+                   reduction="batchmean", log_target=True) * tau**2
+    torch.testing.assert_close(distillation_loss(s, t, tau), ref, rtol=1e-5, atol=1e-6)
+    assert distillation_loss(t, t, tau).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(s, t, 0.0)
+
+
+def test_distillation_gradient_scale_is_independent_of_tau():
+    """For small logits d/dz_s KL(p_t^tau || p_s^tau) ~ (z_s - z_t) / (V tau^2): the tau^2 factor
+    makes the gradient independent of tau (Hinton et al. 2015); without it, it shrinks as
+    1 / tau^2."""
+    torch.manual_seed(0)
+    s0, t = 0.1 * torch.randn(64, 11), 0.1 * torch.randn(64, 11)
+    norms = {}
+    for tau in (2.0, 8.0):
+        s = s0.clone().requires_grad_()
+        distillation_loss(s, t, tau).backward()
+        norms[tau] = s.grad.norm().item()
+    assert norms[8.0] / norms[2.0] == pytest.approx(1.0, abs=0.05)  # 1/16 without tau^2
+
+
+def test_no_grad_bug_leaves_every_parameter_unchanged():
+    torch.manual_seed(0)
+    model = Transformer(tiny(causal=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(0), mask_rate=0.3)
+    x = torch.randint(0, TOK.n_chars, (4, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mlm_step(model, opt, x, ctx, under_no_grad=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    mlm_step(model, opt, x, ctx)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+    assert "tok_emb.weight" in changed and "blocks.0.attn.qkv.weight" in changed
+
+
+def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
+    from lmlab.objectives import sample_prefix_lengths
+
+    torch.manual_seed(0)
+    model = Transformer(tiny(block_size=12))
+    w = torch.randint(0, TOK.n_chars, (3, 13))
+    x, y = w[:, :-1], w[:, 1:]
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(4))
+    loss = OBJECTIVES["prefix"](model, x, y, ctx)
+    p = sample_prefix_lengths(3, 12, torch.Generator().manual_seed(4))
+    logits = model(x, mask=prefix_lm_mask(p, 12))  # (3, 12, V)
+    keep = torch.arange(12)[None, :] >= (p[:, None] - 1)  # (3, 12) scored positions
+    ref = F.cross_entropy(logits[keep], y[keep])  # PyTorch on exactly the scored positions
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-6)
