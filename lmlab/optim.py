@@ -35,9 +35,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _fused_available(device: torch.device | None) -> bool | None:
+    """Fused (single-kernel) Adam/AdamW: on CUDA, and on CPU from PyTorch 2.4 on, where it is
+    about three times faster than the per-tensor loop for small models. None: PyTorch's default."""
+    if device is None:
+        return None
+    if device.type == "cuda":
+        return True
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return True if device.type == "cpu" and (major, minor) >= (2, 4) else None
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig,
                     device: torch.device | None = None) -> torch.optim.Optimizer:
-    """The optimizer named by ``config.optimizer`` over :func:`param_groups` (fused AdamW on CUDA).
+    """The optimizer named by ``config.optimizer`` over :func:`param_groups` (fused where possible).
 
     ``muon``: :class:`lmlab.optimizers.Muon` with momentum ``config.momentum`` on the ``decay``
     group (the hidden matrices), AdamW with ``config.betas`` on the rest, one learning rate.
@@ -46,13 +57,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig,
     groups = (custom(config.weight_decay) if callable(custom)
               else param_groups(model, config.weight_decay))
     name = config.optimizer
-    on_cuda = device is not None and device.type == "cuda"
+    fused = _fused_available(device)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                 fused=on_cuda or None)
+                                 fused=fused)
     if name == "adam":  # L2 penalty through the gradient (coupled), as in the original Adam
         return torch.optim.Adam(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps,
-                                fused=on_cuda or None)
+                                fused=fused)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=config.lr)
     if name in ("momentum", "nesterov"):
@@ -60,7 +71,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig,
                                nesterov=name == "nesterov")
     if name == "muon":  # Newton-Schulz orthogonalized momentum for the decayed matrices
         for group in groups:
-            group["use_muon"] = group["name"] == "decay"
+            group["use_muon"] = group.get("name") == "decay"
         return Muon(groups, lr=config.lr, momentum=config.momentum, betas=tuple(config.betas),
                     eps=config.eps)
     raise ValueError(f"optimizer={name!r} has no builder.")

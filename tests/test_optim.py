@@ -1,0 +1,206 @@
+"""Optimizers written from scratch against torch.optim, schedules against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.optim._muon import _zeropower_via_newtonschulz
+
+from lmlab import ModelConfig, TrainConfig, Transformer
+from lmlab import optimizers as scratch
+from lmlab.optim import build_optimizer, lr_at, param_groups
+from lmlab.surfaces import ill_conditioned_quadratic, rosenbrock, trajectory
+
+STEPS = 100
+VOCAB = 23
+# Float32 parameters after 100 steps; both sides do the same operations in the same order, so the
+# only differences are rounding (fused vs. unfused kernels), far below these bounds.
+ATOL, RTOL = 1e-6, 1e-5
+
+
+def tiny_model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(ModelConfig(vocab_size=VOCAB, block_size=8, n_layer=2, n_head=2,
+                                   d_model=16))
+
+
+def assert_parity(make_ours, make_reference, steps: int = STEPS) -> None:
+    """Train two copies of one tiny Transformer on the same batches; compare every parameter
+    after every step."""
+    ours, ref = tiny_model(), tiny_model()
+    opt_ours = make_ours(param_groups(ours, 0.1))
+    opt_ref = make_reference(param_groups(ref, 0.1))
+    gen = torch.Generator().manual_seed(1)
+    moved = 0.0
+    for step in range(steps):
+        x = torch.randint(0, VOCAB, (4, 8), generator=gen)  # (B, T)
+        for model, opt in ((ours, opt_ours), (ref, opt_ref)):
+            loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+                if not torch.allclose(p, q, atol=ATOL, rtol=RTOL):
+                    worst = float((p - q).abs().max())
+                    raise AssertionError(f"{name} differs by {worst:.3g} at step {step + 1}")
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), tiny_model().parameters(), strict=True):
+            moved = max(moved, float((p - q).abs().max()))
+    assert moved > 1e-3, "the parameters barely moved: the comparison would prove nothing"
+
+
+def test_sgd_matches_torch():
+    assert_parity(lambda g: scratch.SGD(g, lr=0.3),
+                  lambda g: torch.optim.SGD(g, lr=0.3, foreach=False))
+
+
+def test_momentum_matches_torch_with_l2():
+    assert_parity(lambda g: scratch.SGD(g, lr=0.05, momentum=0.9),
+                  lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, foreach=False))
+
+
+def test_nesterov_matches_torch():
+    assert_parity(lambda g: scratch.SGD(g, lr=0.05, momentum=0.9, nesterov=True),
+                  lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, nesterov=True, foreach=False))
+
+
+def test_adam_matches_torch_with_coupled_decay():
+    assert_parity(lambda g: scratch.Adam(g, lr=3e-3, betas=(0.9, 0.99)),
+                  lambda g: torch.optim.Adam(g, lr=3e-3, betas=(0.9, 0.99), foreach=False))
+
+
+def test_adamw_matches_torch():
+    assert_parity(lambda g: scratch.AdamW(g, lr=3e-3, betas=(0.9, 0.95), eps=1e-6),
+                  lambda g: torch.optim.AdamW(g, lr=3e-3, betas=(0.9, 0.95), eps=1e-6,
+                                              foreach=False))
+
+
+class _TorchMuonWithAdamW:
+    """torch.optim.Muon on the matrices, torch.optim.AdamW on the rest: the reference for ours."""
+
+    def __init__(self, groups, lr, momentum, betas):
+        matrices = [g for g in groups if g["name"] == "decay"]
+        rest = [g for g in groups if g["name"] != "decay"]
+        self.opts = [torch.optim.Muon(matrices, lr=lr, momentum=momentum,
+                                      adjust_lr_fn="match_rms_adamw"),
+                     torch.optim.AdamW(rest, lr=lr, betas=betas, foreach=False)]
+
+    def step(self):
+        for opt in self.opts:
+            opt.step()
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=set_to_none)
+
+
+def test_muon_matches_torch_muon_plus_adamw():
+    def ours(groups):
+        for g in groups:
+            g["use_muon"] = g["name"] == "decay"
+        return scratch.Muon(groups, lr=2e-3, momentum=0.95, betas=(0.9, 0.99))
+
+    assert_parity(ours, lambda g: _TorchMuonWithAdamW(g, 2e-3, 0.95, (0.9, 0.99)))
+
+
+def test_newton_schulz_equals_torch_and_orthogonalizes():
+    g = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    for m in (g, g.T):  # wide and tall
+        ours = scratch.newton_schulz(m)
+        torch.testing.assert_close(ours, _zeropower_via_newtonschulz(m, scratch.NS_COEFFICIENTS,
+                                                                      5, 1e-7), atol=0, rtol=0)
+        s = torch.linalg.svdvals(ours.float())
+        # Jordan et al.'s coefficients map singular values into about [0.7, 1.2], not exactly 1.
+        assert float(s.min()) > 0.6 and float(s.max()) < 1.25, s
+        assert ours.shape == m.shape
+
+
+def test_muon_rejects_vectors_in_muon_group():
+    w = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="matrices only"):
+        scratch.Muon([{"params": [w], "use_muon": True}])
+
+
+def test_bad_hyperparameters_raise():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="lr"):
+        scratch.SGD(p, lr=-1.0)
+    with pytest.raises(ValueError, match="nesterov"):
+        scratch.SGD(p, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        scratch.Adam(p, betas=(0.9, 1.0))
+
+
+def test_first_adam_step_is_lr_times_sign():
+    """Bias correction makes step 1 exactly lr * g / (|g| + eps): about lr per coordinate."""
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = scratch.Adam([w], lr=0.1, eps=0.0)
+    w.grad = torch.tensor([0.5, -1e-3, 20.0])
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([0.9, -1.9, 2.9]), atol=1e-7, rtol=0)
+
+
+def test_build_optimizer_muon_groups():
+    model = tiny_model()
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, weight_decay=0.1))
+    assert isinstance(opt, scratch.Muon)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["decay"]["use_muon"] and not by_name["no_decay"]["use_muon"]
+    assert all(p.dim() == 2 for p in by_name["decay"]["params"])
+    assert model.tok_emb.weight in by_name["no_decay"]["params"]  # embeddings go to AdamW
+
+
+# ------------------------------------------------------------------------------- schedules
+def test_schedules_against_hand_computed_values():
+    base = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=10, decay_fraction=0.2)
+    assert lr_at(1, base) == pytest.approx(0.1)
+    assert lr_at(5, base) == pytest.approx(0.5)
+    assert lr_at(10, base) == pytest.approx(1.0)
+    # cosine: progress p = (55 - 10) / 90 = 0.5 -> 0.1 + 0.9 * (1 + cos(pi/2)) / 2 = 0.55
+    assert lr_at(55, base) == pytest.approx(0.55)
+    assert lr_at(100, base) == pytest.approx(0.1)
+    linear = base.replace(schedule="linear")  # p = 0.5 -> 1 + (0.1 - 1) * 0.5 = 0.55
+    assert lr_at(55, linear) == pytest.approx(0.55)
+    assert lr_at(40, linear) == pytest.approx(1 - 0.9 / 3)
+    wsd = base.replace(schedule="wsd")  # decay starts at step 80, linear to 0.1 at step 100
+    assert lr_at(80, wsd) == pytest.approx(1.0)
+    assert lr_at(90, wsd) == pytest.approx(0.55)
+    assert lr_at(100, wsd) == pytest.approx(0.1)
+    assert lr_at(70, base.replace(schedule="constant")) == pytest.approx(1.0)
+    # cosine at p = 1/3: 0.1 + 0.9 * (1 + cos(pi / 3)) / 2 = 0.775
+    assert lr_at(40, base) == pytest.approx(0.775)
+
+
+# -------------------------------------------------------------------------------- surfaces
+def test_quadratic_surface_values_and_gradient():
+    s = ill_conditioned_quadratic(condition=10.0)
+    w = torch.tensor([2.0, 1.0], requires_grad=True)
+    value = s(w)
+    value.backward()
+    assert float(value.detach()) == pytest.approx(0.5 * (4 + 10))
+    torch.testing.assert_close(w.grad, torch.tensor([2.0, 10.0]))
+    rotated = ill_conditioned_quadratic(condition=10.0, angle=math.pi / 2)  # axes swapped
+    assert float(rotated(torch.tensor([2.0, 1.0]))) == pytest.approx(0.5 * (1 + 40))
+
+
+def test_rosenbrock_minimum_and_trajectory():
+    s = rosenbrock()
+    assert float(s(torch.tensor([1.0, 1.0]))) == 0.0
+    assert float(s(torch.tensor([0.0, 0.0]))) == 1.0
+    path = trajectory(s, lambda p: torch.optim.Adam(p, lr=0.1), steps=1000)
+    assert path.shape == (1001, 2)
+    assert abs(path[-1] - [1.0, 1.0]).max() < 0.05  # Adam finds the valley's end
+    x, y, z = s.grid(5)
+    assert x.shape == y.shape == z.shape == (5, 5)
+    assert z[0, 0] == pytest.approx(float(s(torch.tensor([x[0, 0], y[0, 0]]))))
+
+
+def test_gradient_descent_on_quadratic_converges_at_rate_of_condition():
+    """GD with lr = 1 / h_max contracts the flat direction by (1 - 1/condition) per step."""
+    s = ill_conditioned_quadratic(condition=10.0, start=(1.0, 1.0))
+    path = trajectory(s, lambda p: scratch.SGD(p, lr=0.1), steps=5)
+    assert path[-1] == pytest.approx([0.9**5, 0.0], abs=1e-12)
