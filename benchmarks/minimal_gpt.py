@@ -48,7 +48,8 @@ class GPT(nn.Module):
         self.head.weight = self.wte.weight
         for name, p in self.named_parameters():
             if p.dim() == 2:
-                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("out.weight", "proj.weight")) else 0.02
+                residual = name.endswith(("out.weight", "proj.weight"))
+                std = 0.02 / math.sqrt(2 * n_layer) if residual else 0.02
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx, targets):
@@ -57,7 +58,7 @@ class GPT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         logits = self.head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def train_minimal(train_ids: torch.Tensor, vocab: int, *, n_layer=4, n_head=4, d=128, block=64,

@@ -62,5 +62,6 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     state = load_checkpoint(path, map_location)
     model = Transformer(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    tokenizer = CharTokenizer.from_state_dict(state["tokenizer"]) if state.get("tokenizer") else None
+    stored = state.get("tokenizer")
+    tokenizer = CharTokenizer.from_state_dict(stored) if stored else None
     return model, tokenizer

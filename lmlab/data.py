@@ -81,7 +81,8 @@ def corpus_path(name: str = "tinyshakespeare", *, download: bool = True) -> Path
     if cached.exists():
         return _verified(cached, source)
     if not download:
-        raise FileNotFoundError(f"{source.filename} is not in LMLAB_DATA_DIR nor in {cached.parent}.")
+        raise FileNotFoundError(
+            f"{source.filename} is not in LMLAB_DATA_DIR nor in {cached.parent}.")
     try:
         return _download(source, cached)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
@@ -133,7 +134,8 @@ class CharTokenizer:
 
     def _special(self, token: str) -> int:
         if token not in self.stoi:
-            raise AttributeError(f"this tokenizer has no {token} token (specials: {self.specials}).")
+            raise AttributeError(
+                f"this tokenizer has no {token} token (specials: {self.specials}).")
         return self.stoi[token]
 
     pad_id = property(lambda self: self._special("[PAD]"))
@@ -190,7 +192,8 @@ class Corpus:
     val: torch.Tensor  # (N_val,)
 
     def subset(self, fraction: float) -> Corpus:
-        """The same corpus with only the first ``fraction`` of the training tokens (val unchanged)."""
+        """The same corpus with only the first ``fraction`` of the training tokens
+        (validation unchanged)."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction={fraction!r} is invalid: expected a number in (0, 1].")
         n = max(2, int(len(self.train) * fraction))
@@ -214,7 +217,8 @@ _CORPUS_CACHE: dict[tuple[str, float], Corpus] = {}
 
 
 def char_corpus(name: str = "tinyshakespeare", val_fraction: float = 0.1) -> Corpus:
-    """Load, tokenize and split a corpus (memoized per process; tensors are shared, do not modify)."""
+    """Load, tokenize and split a corpus (memoized per process: the tensors are shared, so do
+    not modify them in place)."""
     key = (name, val_fraction)
     if key not in _CORPUS_CACHE:
         text = load_text(name)

@@ -37,9 +37,11 @@ def pick_device(preference: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={preference!r} was asked for but CUDA is not available; use 'auto'.")
+        raise ValueError(
+            f"device={preference!r} was asked for but CUDA is not available; use 'auto'.")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={preference!r} was asked for but MPS is not available; use 'auto'.")
+        raise ValueError(
+            f"device={preference!r} was asked for but MPS is not available; use 'auto'.")
     return device
 
 

@@ -73,7 +73,8 @@ class Result:
     def load_model(self, builder: Callable[[ModelConfig], nn.Module] | None = None) -> nn.Module:
         """The trained model (needs ``keep_model=True`` when the run was made)."""
         if self.model_path is None or not Path(self.model_path).exists():
-            raise FileNotFoundError(f"run {self.label!r} kept no weights: run it with keep_model=True.")
+            raise FileNotFoundError(
+                f"run {self.label!r} kept no weights: run it with keep_model=True.")
         model = (builder or Transformer)(self.model_config)
         model.load_state_dict(load_checkpoint(self.model_path)["model"])
         return model.eval()
@@ -123,7 +124,8 @@ def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
     if cache and meta_path.exists() and (not keep_model or model_path.exists()):
         meta = json.loads(meta_path.read_text())
         return Result(key, label, model_config, train_config, corpus.name, meta["history"],
-                      variant, model_path if model_path.exists() else None, True, meta.get("info", {}))
+                      variant, model_path if model_path.exists() else None, True,
+                      meta.get("info", {}))
     torch.manual_seed(train_config.seed)
     model = (builder or Transformer)(model_config)
     run = train(model, corpus, train_config, callback=callback)

@@ -45,7 +45,9 @@ def loss_curves(ax, runs: Mapping[str, object], metric: str = "val_loss", *, tra
     ax.grid(alpha=0.3)
 
 
-def attention_map(ax, weights, tokens: Sequence[str] | None = None, title: str | None = None) -> None:
+def attention_map(
+    ax, weights, tokens: Sequence[str] | None = None, title: str | None = None
+) -> None:
     """Heat map of one (T_q, T_k) attention matrix; rows are queries, columns keys."""
     w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights)
     ax.imshow(w, cmap="viridis", vmin=0.0, vmax=max(1e-9, float(w.max())), aspect="auto",

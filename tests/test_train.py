@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lmlab
-from lmlab import ModelConfig, TrainConfig, Transformer, TrainingDiverged, train
+from lmlab import ModelConfig, TrainConfig, TrainingDiverged, Transformer, train
 from lmlab.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from lmlab.data import char_corpus
 from lmlab.optim import lr_at, param_groups

@@ -20,8 +20,8 @@ import ipywidgets as W
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-STATIC_NOTE = ("Showing the default settings. Open this chapter in JupyterLab (<code>make lab</code>)"
-               " to move the controls.")
+STATIC_NOTE = ("Showing the default settings. Open this chapter in JupyterLab "
+               "(<code>make lab</code>) to move the controls.")
 
 
 class FigureView:
@@ -110,7 +110,8 @@ class Explorer:
         """Set several controls, redrawing once."""
         unknown = set(values) - set(self.controls)
         if unknown:
-            raise ValueError(f"unknown controls {sorted(unknown)}; this explorer has {list(self.controls)}.")
+            raise ValueError(f"unknown controls {sorted(unknown)}; "
+                             f"this explorer has {list(self.controls)}.")
         for name, value in values.items():
             c = self.controls[name]
             c.unobserve(self._on_change, names="value")
