@@ -81,7 +81,7 @@ def test_gpt2_initialization_statistics():
     # sample std within 5% of the target (thousands of samples each)
     assert fc.std().item() == pytest.approx(0.02, rel=0.05)
     assert proj.std().item() == pytest.approx(0.02 / math.sqrt(2 * 4), rel=0.05)
-    assert float(m.blocks[0].attn.qkv.bias.abs().max()) == 0.0
+    assert float(m.blocks[0].attn.qkv.bias.detach().abs().max()) == 0.0
 
 
 def test_initial_loss_is_close_to_log_vocab():

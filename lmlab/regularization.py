@@ -1,0 +1,379 @@
+"""Regularization, written out: label smoothing, calibration, weight decay, dropout, early stopping.
+
+Everything here is small and checked against PyTorch's own implementation where one exists:
+
+* label smoothing: cross-entropy against q = (1 - eps) one_hot(y) + eps / V
+  (``F.cross_entropy(..., label_smoothing=eps)``);
+* calibration: expected calibration error over equal-width confidence bins (Guo et al. 2017);
+* weight decay: an L2 penalty in the loss against decoupled weight decay, one step of SGD and of
+  Adam each way (``torch.optim.SGD``, ``Adam`` and ``AdamW``; Loshchilov & Hutter 2019);
+* dropout: inverted dropout, y = x * m / (1 - p) with m ~ Bernoulli(1 - p) (``F.dropout``), its
+  moments, and where a :class:`lmlab.Transformer` applies it;
+* early stopping: where a patience rule stops on a validation curve, restoring the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data import Corpus
+from .device import autocast_dtype, pick_device
+from .objectives import IGNORE_INDEX, ObjectiveContext
+
+# ------------------------------------------------------------------------------ label smoothing
+SPREADS = ("all", "others")
+
+
+def smoothed_targets(targets: torch.Tensor, n_classes: int, smoothing: float,
+                     spread: str = "all") -> torch.Tensor:
+    """Target distributions q, one row per target: (N,) ids -> (N, V) probabilities.
+
+    ``spread="all"`` (Szegedy et al. 2016; PyTorch): q_k = (1 - eps) [k = y] + eps / V, so the
+    true class keeps 1 - eps + eps / V. ``spread="others"`` (a common variant): q_y = 1 - eps and
+    q_k = eps / (V - 1) for every k != y.
+    """
+    _check_smoothing(smoothing)
+    if spread not in SPREADS:
+        raise ValueError(f"spread={spread!r} is invalid: expected 'all' (PyTorch's rule) or "
+                         "'others'.")
+    if targets.dim() != 1:
+        raise ValueError(f"targets must be 1-D class ids (N,); got shape {tuple(targets.shape)}.")
+    one_hot = F.one_hot(targets, n_classes).float()  # (N, V)
+    if spread == "all":
+        return (1.0 - smoothing) * one_hot + smoothing / n_classes  # (N, V)
+    return (1.0 - smoothing) * one_hot + smoothing / (n_classes - 1) * (1.0 - one_hot)  # (N, V)
+
+
+def label_smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float,
+                                 spread: str = "all",
+                                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean over kept positions of  -sum_k q_k log p_k,  p = softmax(logits), q from
+    :func:`smoothed_targets`. With ``spread="all"`` this is
+
+        (1 - eps) * (-log p_y) + eps * mean_k(-log p_k),
+
+    equal to ``F.cross_entropy(logits, targets, label_smoothing=eps)``.
+    logits: (N, V) or (B, T, V); targets: (N,) or (B, T); ``ignore_index`` entries are skipped.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not "
+                         "match: expected logits (..., V) and targets (...).")
+    logits = logits.reshape(-1, logits.size(-1)).float()  # (N, V)
+    targets = targets.reshape(-1)  # (N,)
+    keep = targets != ignore_index  # (N,)
+    log_p = torch.log_softmax(logits[keep], dim=-1)  # (N_kept, V)
+    q = smoothed_targets(targets[keep], logits.size(-1), smoothing, spread)  # (N_kept, V)
+    return -(q * log_p).sum(dim=-1).mean()
+
+
+def smoothed_loss_floor(n_classes: int, smoothing: float) -> float:
+    """The smallest smoothed loss a model can reach: the entropy H(q) of the target q, attained
+    at p = q.  H(q) = -a log a - (V - 1) b log b  with a = 1 - eps + eps / V, b = eps / V."""
+    _check_smoothing(smoothing)
+    a = 1.0 - smoothing + smoothing / n_classes
+    b = smoothing / n_classes
+    return -a * math.log(a) - ((n_classes - 1) * b * math.log(b) if b > 0 else 0.0)
+
+
+def _check_smoothing(smoothing: float) -> None:
+    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+        raise ValueError(f"smoothing={smoothing!r} is invalid: expected a number in [0, 1), "
+                         "e.g. 0.1.")
+
+
+# ---------------------------------------------------------------------------------- calibration
+@dataclass
+class CalibrationBins:
+    """Per-bin statistics of a reliability diagram (M equal-width bins of confidence)."""
+
+    lower: torch.Tensor  # (M,) bin edges: a prediction with confidence c falls in (lower, upper]
+    upper: torch.Tensor  # (M,)
+    count: torch.Tensor  # (M,) predictions in the bin
+    confidence: torch.Tensor  # (M,) mean confidence max_k p_k in the bin (0 where empty)
+    accuracy: torch.Tensor  # (M,) fraction of correct argmax predictions in the bin (0 where empty)
+
+    @property
+    def ece(self) -> float:
+        n = self.count.sum()
+        return float((self.count / n * (self.accuracy - self.confidence).abs()).sum())
+
+
+def calibration_bins(probs: torch.Tensor, targets: torch.Tensor,
+                     n_bins: int = 15) -> CalibrationBins:
+    """Bin predictions by confidence c = max_k p_k into (i/M, (i+1)/M], i = 0 .. M-1 (c = 0 goes
+    to the first bin); per bin, the mean confidence and the accuracy of the argmax prediction.
+    probs: (N, V) rows summing to 1; targets: (N,)."""
+    if probs.dim() != 2 or targets.shape != probs.shape[:1]:
+        raise ValueError(f"expected probs (N, V) and targets (N,); got {tuple(probs.shape)} and "
+                         f"{tuple(targets.shape)}.")
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins={n_bins!r} is invalid: expected a positive integer such as 15.")
+    probs = probs.detach().double()
+    confidence, predicted = probs.max(dim=-1)  # (N,), (N,)
+    correct = (predicted == targets).double()  # (N,)
+    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)  # (N,) bin of each
+    count = torch.bincount(index, minlength=n_bins).double()  # (M,)
+    conf_sum = torch.bincount(index, weights=confidence, minlength=n_bins)  # (M,)
+    correct_sum = torch.bincount(index, weights=correct, minlength=n_bins)  # (M,)
+    safe = count.clamp(min=1)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    return CalibrationBins(edges[:-1], edges[1:], count, conf_sum / safe, correct_sum / safe)
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor,
+                               n_bins: int = 15) -> float:
+    """ECE = sum_b (n_b / N) |acc_b - conf_b| over M equal-width confidence bins (Guo et al. 2017).
+    0 for a calibrated model; large when confidence and accuracy disagree."""
+    return calibration_bins(probs, targets, n_bins).ece
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token probabilities on ``batches`` of (x, y), in eval mode (restored afterwards):
+    returns probs (N, V) and targets (N,), N = sum of B * T over the batches, on the CPU."""
+    was_training = model.training
+    model.eval()
+    probs, targets = [], []
+    for x, y in batches:  # (B, T), (B, T)
+        logits = model(x).float()  # (B, T, V)
+        probs.append(torch.softmax(logits, dim=-1).flatten(0, 1).cpu())  # (B*T, V)
+        targets.append(y.flatten().cpu())  # (B*T,)
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(targets)
+
+
+# ------------------------------------------------------------------------------- weight decay
+def l2_penalty(params, coefficient: float) -> torch.Tensor:
+    """(lambda / 2) * sum_i ||theta_i||^2: added to the loss, its gradient is lambda * theta."""
+    return 0.5 * coefficient * sum((p * p).sum() for p in params)
+
+
+def sgd_l2_step(theta: torch.Tensor, grad: torch.Tensor, lr: float, l2: float) -> torch.Tensor:
+    """One SGD step on loss + (lambda/2)||theta||^2:  theta - lr * (g + lambda * theta)."""
+    return theta - lr * (grad + l2 * theta)
+
+
+def sgd_decoupled_step(theta: torch.Tensor, grad: torch.Tensor, lr: float,
+                       weight_decay: float) -> torch.Tensor:
+    """One SGD step with decoupled weight decay:  (1 - lr * lambda) * theta - lr * g.
+    Algebraically the same update as :func:`sgd_l2_step` with l2 = weight_decay."""
+    return (1.0 - lr * weight_decay) * theta - lr * grad
+
+
+@dataclass
+class AdamState:
+    """Adam's running moments for one tensor: m (first), v (second, uncentred), t (steps taken)."""
+
+    m: torch.Tensor
+    v: torch.Tensor
+    t: int = 0
+
+    @classmethod
+    def zeros_like(cls, theta: torch.Tensor) -> AdamState:
+        return cls(torch.zeros_like(theta), torch.zeros_like(theta), 0)
+
+
+def _adam_direction(grad: torch.Tensor, state: AdamState, betas: tuple[float, float],
+                    eps: float) -> torch.Tensor:
+    b1, b2 = betas
+    state.t += 1
+    state.m = b1 * state.m + (1 - b1) * grad
+    state.v = b2 * state.v + (1 - b2) * grad * grad
+    m_hat = state.m / (1 - b1 ** state.t)
+    v_hat = state.v / (1 - b2 ** state.t)
+    return m_hat / (v_hat.sqrt() + eps)
+
+
+def adam_l2_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: float,
+                 l2: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> torch.Tensor:
+    """One Adam step on loss + (lambda/2)||theta||^2 (``torch.optim.Adam(weight_decay=lambda)``):
+
+        g' = g + lambda * theta;  m = b1 m + (1 - b1) g';  v = b2 v + (1 - b2) g'^2
+        theta - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
+
+    The decay term lambda * theta is divided by sqrt(v_hat) like the gradient: weights with large
+    gradients are decayed less. ``state`` is updated in place; returns the new theta."""
+    return theta - lr * _adam_direction(grad + l2 * theta, state, betas, eps)
+
+
+def adamw_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: float,
+               weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+               eps: float = 1e-8) -> torch.Tensor:
+    """One AdamW step (Loshchilov & Hutter 2019, as ``torch.optim.AdamW``): decay decoupled from
+    the adaptive gradient step,
+
+        theta <- (1 - lr * lambda) * theta - lr * m_hat / (sqrt(v_hat) + eps)
+
+    with m, v the moments of g alone. Every weight shrinks by the same factor 1 - lr * lambda.
+    ``state`` is updated in place; returns the new theta."""
+    return (1.0 - lr * weight_decay) * theta - lr * _adam_direction(grad, state, betas, eps)
+
+
+def decay_table(model: nn.Module, weight_decay: float = 0.1) -> list[dict]:
+    """Which parameters :func:`lmlab.optim.param_groups` decays: one row per parameter tensor
+    (tied tensors once) with its name, shape, number of elements and group."""
+    from .optim import param_groups
+
+    group_of = {id(p): g["name"] for g in param_groups(model, weight_decay) for p in g["params"]}
+    return [{"name": name, "shape": tuple(p.shape), "numel": p.numel(), "group": group_of[id(p)]}
+            for name, p in model.named_parameters() if id(p) in group_of]
+
+
+def decayed_weight_norm(model: nn.Module) -> float:
+    """sqrt(sum ||W||^2) over the tensors weight decay acts on (the ``decay`` group)."""
+    from .optim import param_groups
+
+    decay = next(g for g in param_groups(model, 0.0) if g["name"] == "decay")["params"]
+    return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in decay)))
+
+
+# ------------------------------------------------------------------------------------ dropout
+def inverted_dropout(x: torch.Tensor, p: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """y = x * m * (1 / (1 - p)),  m ~ Bernoulli(1 - p) elementwise (drawn like ``F.dropout``, so
+    with the same generator state the two agree bit for bit). E[y] = x: keeping a unit with
+    probability 1 - p and scaling it by 1 / (1 - p) preserves the expectation, so nothing needs
+    rescaling at evaluation time."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p={p!r} is invalid: expected a drop probability in [0, 1).")
+    mask = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)  # 1 = kept
+    return x * mask * (1.0 / (1.0 - p))
+
+
+def dropout_moments(p: float) -> tuple[float, float]:
+    """Mean and variance of the multiplier m / (1 - p), m ~ Bernoulli(1 - p): (1, p / (1 - p)).
+    So y = x m / (1 - p) has E[y] = x and Var[y] = x^2 p / (1 - p)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p={p!r} is invalid: expected a drop probability in [0, 1).")
+    return 1.0, p / (1.0 - p)
+
+
+def dropout_sites(model: nn.Module) -> list[dict]:
+    """Where a :class:`lmlab.Transformer` drops units: one row per site with the module name,
+    what is dropped and the rate p."""
+    from .attention import MultiHeadAttention
+    from .model import MLP, Block
+
+    parents = dict(model.named_modules())
+    rows = []
+    for name, module in model.named_modules():
+        parent = parents.get(name.rpartition(".")[0]) if "." in name else model
+        if isinstance(module, MultiHeadAttention):
+            rows.append({"module": name, "drops": "attention weights (softmax output)",
+                         "p": module.dropout})
+        elif isinstance(module, nn.Dropout):
+            if isinstance(parent, MLP):
+                what = "MLP residual branch (before the add)"
+            elif isinstance(parent, Block):
+                what = "attention residual branch (before the add)"
+            elif parent is model:
+                what = "embeddings (token + position)"
+            else:
+                what = "other"
+            rows.append({"module": name, "drops": what, "p": module.p})
+    return rows
+
+
+# ---------------------------------------------------------------------------- early stopping
+def early_stop_point(steps: list[int], val_losses: list[float], patience: int) -> tuple[int, int]:
+    """Where a patience rule stops on a validation curve: returns (best_step, stop_step).
+
+    Walking the evaluations in order, a loss below the best so far resets the count; any other
+    one adds 1; training stops at the evaluation where the count reaches ``patience``
+    (``patience=0``: never, stop_step is the last step). Same rule as :func:`lmlab.train`.
+    """
+    if len(steps) != len(val_losses) or not steps:
+        raise ValueError("steps and val_losses must be non-empty lists of the same length.")
+    if not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"patience={patience!r} is invalid: expected an integer >= 0.")
+    best, best_step, bad = math.inf, steps[0], 0
+    for step, loss in zip(steps, val_losses, strict=True):
+        if loss < best:
+            best, best_step, bad = loss, step, 0
+        else:
+            bad += 1
+        if patience and bad >= patience:
+            return best_step, step
+    return best_step, steps[-1]
+
+
+def restore_best(model: nn.Module, best_path: str | Path) -> dict:
+    """Load the weights of ``best.pt`` into ``model``; returns the record saved with them,
+    ``{"val_loss": ..., "step": ...}``."""
+    state = load_checkpoint(best_path)
+    model.load_state_dict(state["model"])
+    return dict(state["best"])
+
+
+def validation_loss(model: nn.Module, corpus: Corpus, config: TrainConfig,
+                    split: str = "val") -> float:
+    """The loss :func:`lmlab.train` reports as ``val_loss`` (``split="val"``) or
+    ``eval_train_loss`` (``"train"``) for this model: same fixed batches, device and autocast."""
+    from .train import eval_batches, evaluate
+
+    device = pick_device(config.device)
+    model.to(device)
+    block_size = model.config.block_size
+    batches = eval_batches(corpus, block_size, config, split, device)
+    amp = autocast_dtype(device, config.dtype)
+
+    def autocast():
+        if amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp)
+
+    ctx = ObjectiveContext(corpus.tokenizer, torch.Generator(device=device), 0.0,
+                           config.mask_rate, config.pair_weight)  # as train()'s evaluation
+    return evaluate(model, batches, config.objective, ctx, autocast, config.seed + 4)
+
+
+def generalization_gap(run) -> tuple[list[int], list[float]]:
+    """(steps, val_loss - eval_train_loss) at every evaluation of a Run or Result: the loss on
+    held-out text minus the loss on fixed training batches, both in eval mode."""
+    rows = [r for r in run.history
+            if r.get("val_loss") is not None and r.get("eval_train_loss") is not None]
+    return [r["step"] for r in rows], [r["val_loss"] - r["eval_train_loss"] for r in rows]
+
+
+def regularized_run(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus, *,
+                    dropout: float, weight_decay: float, label_smoothing: float,
+                    data_fraction: float, keep_model: bool = False, callback=None):
+    """One :func:`lmlab.experiments.run_experiment` of the base configs with the four knobs set:
+    ``ModelConfig.dropout``, ``TrainConfig.weight_decay`` and ``label_smoothing``, and the first
+    ``data_fraction`` of the training text (cached on disk: the chapter and its explorer share
+    it)."""
+    from .experiments import run_experiment
+
+    mc = model_config.replace(dropout=dropout)
+    tc = train_config.replace(weight_decay=weight_decay, label_smoothing=label_smoothing)
+    label = (f"dropout={dropout:g}, wd={weight_decay:g}, smoothing={label_smoothing:g}, "
+             f"data={data_fraction:g}")
+    return run_experiment(mc, tc, corpus.subset(data_fraction), label=label,
+                          keep_model=keep_model, callback=callback)
+
+
+def run_with_best_checkpoint(model_config: ModelConfig, train_config: TrainConfig,
+                             corpus: Corpus, *, label: str | None = None):
+    """:func:`lmlab.experiments.run_experiment` with ``keep_best=True``: returns the Result and the
+    path of its ``best.pt``, kept in the run's cache folder (so a cached run still has it)."""
+    from .experiments import run_experiment, run_key
+    from .paths import cache_dir
+
+    folder = cache_dir() / "runs" / run_key(model_config, train_config.replace(keep_best=True,
+                                            checkpoint_dir="-"), corpus) / "checkpoints"
+    config = train_config.replace(keep_best=True, checkpoint_dir=str(folder))
+    result = run_experiment(model_config, config, corpus, label=label)
+    best = folder / "best.pt"
+    if not best.exists():  # the result was cached but its checkpoints were deleted: train again
+        result = run_experiment(model_config, config, corpus, label=label, cache=False)
+    return result, best
