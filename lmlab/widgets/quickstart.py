@@ -29,8 +29,11 @@ def learning_rate_explorer(model_config: ModelConfig, train_config: TrainConfig,
         def report(row):
             progress(row["step"] / train_config.steps, f"training lr={value:g}: step {row['step']}")
 
-        return run_experiment(model_config, train_config.replace(lr=value), corpus,
-                              label=f"lr={value:g}", callback=report)
+        # the floor of the schedule keeps its ratio to the peak (min_lr / lr)
+        floor = train_config.final_lr * (value / train_config.lr)
+        config = train_config.replace(lr=value, min_lr=min(floor, value))
+        return run_experiment(model_config, config, corpus, label=f"lr={value:g}",
+                              callback=report)
 
     def draw(figure, progress, lr):
         runs = {f"lr={compare_to:g} (reference)": fetch(compare_to, progress)}
