@@ -1,0 +1,104 @@
+# lmlab: bootstrap a virtual environment and run the workbook, the tests, the book, the benchmarks.
+#
+#   make lab      open the workbook in JupyterLab
+#   make test     ruff + unit tests + every notebook (nbval) + browser tests
+#   make book     execute the chapters and build the HTML book (book/_build/html)
+#   make bench    run the training benchmark
+#   make strip    strip outputs from the notebooks before committing
+#   make clean    remove build outputs (keeps .venv)
+#
+# Variables: PYTHON (interpreter used to create .venv), TORCH_VERSION (installed only when the
+# venv has no torch at all, so an existing CUDA/MPS build is kept), TORCH_PIP_ARGS (e.g.
+# `--index-url https://download.pytorch.org/whl/cpu`), PYTEST_WORKERS, LMLAB_PROFILE.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+VPY := $(BIN)/python
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+PIP_ARGS ?= --progress-bar off
+STAMP := $(VENV)/.installed
+BUILD_DIR ?= build
+PYTEST_WORKERS ?= 2
+# Threads per pytest worker: 2 workers x 1 thread fits a 2-core machine without oversubscription.
+TEST_THREADS ?= 1
+NOTEBOOK_DIR := $(wildcard notebooks)
+
+# The corpus: tests and CI use ../shared/data when it is there; otherwise lmlab downloads and caches it.
+ifneq ($(wildcard ../shared/data),)
+export LMLAB_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+# Tests, notebook runs and the book build share one on-disk experiment cache, so the book's
+# second execution of a chapter reuses what nbval already computed.
+test test-unit test-browser book: export LMLAB_CACHE_DIR ?= $(CURDIR)/$(BUILD_DIR)/cache
+
+# Print how long a stage took: $(call timed,NAME) after the command, in the same shell line.
+timed = rc=$$?; echo "[timing] $(1): $$(( $$(date +%s) - t0 ))s"; exit $$rc
+
+.PHONY: help install lab test test-lint test-unit test-browser book bench strip clean distclean
+
+help:
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------------------------- bootstrap
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalled only when pyproject.toml changes (or the stamp is deleted).
+$(STAMP): pyproject.toml | $(VPY)
+	@if $(VPY) -c "import torch" 2>/dev/null; then \
+		echo "torch $$($(VPY) -c 'import torch; print(torch.__version__)') already in $(VENV): kept"; \
+	else \
+		$(VPY) -m pip install $(PIP_ARGS) $(TORCH_PIP_ARGS) "torch==$(TORCH_VERSION)"; \
+	fi
+	$(VPY) -m pip install $(PIP_ARGS) -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+# ------------------------------------------------------------------------------------ targets
+lab: $(STAMP)
+	$(VPY) -m ipykernel install --user --name lmlab --display-name "Python (lmlab)"
+	$(VPY) -m jupyter lab --ServerApp.root_dir=notebooks
+
+test: test-lint test-unit test-browser
+
+test-lint: $(STAMP)
+	@t0=$$(date +%s); $(BIN)/ruff check . ; $(call timed,ruff)
+
+test-unit: $(STAMP)
+	@t0=$$(date +%s); \
+	LMLAB_PROFILE=ci OMP_NUM_THREADS=$(TEST_THREADS) MKL_NUM_THREADS=$(TEST_THREADS) \
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+		tests $(NOTEBOOK_DIR) -m "not browser" ; \
+	$(call timed,unit tests + notebooks)
+
+test-browser: $(STAMP)
+	@t0=$$(date +%s); LMLAB_PROFILE=ci $(VPY) -m pytest tests/browser -m browser ; \
+	$(call timed,browser tests)
+
+book: $(STAMP)
+	@t0=$$(date +%s); $(VPY) book/build.py ; $(call timed,book)
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_train.py
+
+# Outputs, execution counts and widget state (nbstripout's defaults), plus what papermill and the
+# book build add to a notebook they executed.
+STRIP_EXTRA_KEYS := metadata.papermill metadata.lmlab_book cell.metadata.papermill cell.metadata.execution
+
+strip: $(STAMP)
+	$(BIN)/nbstripout --extra-keys "$(STRIP_EXTRA_KEYS)" notebooks/*.ipynb
+
+clean:
+	rm -rf $(BUILD_DIR) book/_build test-artifacts .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) book/node_modules

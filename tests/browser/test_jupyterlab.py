@@ -1,0 +1,376 @@
+"""The quickstart notebook, run by a person in JupyterLab.
+
+Starts a real JupyterLab server (isolated config/data/runtime/settings in a temp folder, a temp
+copy of notebooks/ as its root, LMLAB_PROFILE=ci), opens 00_quickstart.ipynb in Debian's Chromium
+through Playwright, runs all cells from the Run menu, waits for the explorer widget
+(.lmlab-explorer), moves one of its controls and checks that the figure (img.lmlab-figure) is
+redrawn. Any error or stderr output in any cell fails the test. Screenshot:
+test-artifacts/jupyterlab-widget.png. JupyterLab is shut down in every case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOK = "00_quickstart.ipynb"
+SERVER_START_TIMEOUT_S = 120
+NOTEBOOK_OPEN_TIMEOUT_MS = 120_000
+RUN_ALL_TIMEOUT_S = int(os.environ.get("LMLAB_LAB_RUN_TIMEOUT", "480"))
+REDRAW_TIMEOUT_MS = 180_000
+
+# What the page says about the notebook: per code cell its prompt and any error output.
+NOTEBOOK_STATE_JS = """
+() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return null;
+  const cells = Array.from(panel.querySelectorAll('.jp-Cell.jp-CodeCell'));
+  const prompts = cells.map((c) => {
+    const p = c.querySelector('.jp-InputArea-prompt');
+    return p ? p.textContent.trim() : '';
+  });
+  const errors = [];
+  cells.forEach((c, i) => {
+    c.querySelectorAll(
+      '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+    ).forEach((o) => errors.push(`cell ${i + 1} (${prompts[i]}): ${o.innerText.slice(0, 2000)}`));
+  });
+  const indicator = panel.querySelector('.jp-Notebook-ExecutionIndicator');
+  return {
+    cells: cells.length,
+    prompts,
+    errors,
+    kernel: indicator ? indicator.getAttribute('data-status') : null,
+    explorer: panel.querySelector('.lmlab-explorer') !== null,
+  };
+}
+"""
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+    log: Path
+
+
+def _get(url: str, timeout: float = 5.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _write_settings(settings_dir: Path) -> None:
+    """User settings for the isolated JupyterLab: render every cell, no news, no update checks."""
+    overrides = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+            "fetchNews": "false",
+            "checkForUpdates": False,
+        },
+    }
+    for rel, value in overrides.items():
+        path = settings_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+@contextlib.contextmanager
+def jupyterlab(notebooks_dir: Path, tmp: Path, port: int, log_path: Path) -> Iterator[Lab]:
+    root = tmp / "notebooks"
+    shutil.copytree(notebooks_dir, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    dirs = {
+        name: tmp / name for name in ("config", "data", "runtime", "settings", "workspaces", "ipy")
+    }
+    for d in dirs.values():
+        d.mkdir()
+    _write_settings(dirs["settings"])
+    token = secrets.token_hex(16)
+    env = dict(os.environ)
+    env.pop("JUPYTER_PATH", None)
+    env.update(
+        JUPYTER_CONFIG_DIR=str(dirs["config"]),
+        JUPYTER_DATA_DIR=str(dirs["data"]),
+        JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
+        JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
+        JUPYTERLAB_WORKSPACES_DIR=str(dirs["workspaces"]),
+        IPYTHONDIR=str(dirs["ipy"]),
+        JUPYTER_PLATFORM_DIRS="1",
+        LMLAB_PROFILE="ci",
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [
+        sys.executable, "-m", "jupyter", "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+    ]  # fmt: skip
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # CI runs as root
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"JupyterLab exited with code {proc.returncode} while starting; "
+                    f"last lines of {log_path}:\n{_tail(log_path)}"
+                )
+            with contextlib.suppress(OSError):
+                if _get(f"{url}/api/status?token={token}") == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"JupyterLab did not answer on {url} within {SERVER_START_TIMEOUT_S}s; "
+                    f"last lines of {log_path}:\n{_tail(log_path)}"
+                )
+            time.sleep(0.5)
+        yield Lab(url=url, token=token, root=root, log=log_path)
+    finally:
+        _shutdown(proc, url, token)
+
+
+def _shutdown(proc: subprocess.Popen, url: str, token: str) -> None:
+    """Ask the server to stop (it shuts its kernels down too); escalate if it does not."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            req = urllib.request.Request(
+                f"{url}/api/shutdown",
+                method="POST",
+                headers={"Authorization": f"token {token}"},
+            )
+            urllib.request.urlopen(req, timeout=10).close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+def _fail_on_errors(state: dict | None, lab: Lab, when: str) -> None:
+    if state and state["errors"]:
+        pytest.fail(
+            f"{when}: {len(state['errors'])} cell(s) wrote an error or to stderr in "
+            f"{NOTEBOOK}:\n\n" + "\n\n".join(state["errors"][:5])
+        )
+
+
+def _wait_until_executed(page, lab: Lab, timeout_s: float) -> dict:
+    """Poll until every code cell has a number and the kernel is idle; fail early on errors."""
+    deadline = time.monotonic() + timeout_s
+    state = None
+    idle_polls = 0
+    while time.monotonic() < deadline:
+        state = page.evaluate(NOTEBOOK_STATE_JS)
+        _fail_on_errors(state, lab, "while running all cells")
+        if state:
+            done = all(p not in ("[*]:", "[ ]:", "") for p in state["prompts"])
+            idle_polls = idle_polls + 1 if done and state["kernel"] == "idle" else 0
+            if idle_polls >= 3:  # idle on three polls in a row: not between two cells
+                return state
+        page.wait_for_timeout(1000)
+    pytest.fail(
+        f"{NOTEBOOK} did not finish running within {timeout_s:.0f}s (LMLAB_PROFILE=ci). Last "
+        f"state: {json.dumps(state)[:1500]}\nServer log tail:\n{_tail(lab.log)}"
+    )
+
+
+KERNEL_READY_JS = """
+() => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return false;
+  const name = panel.querySelector('.jp-KernelName');
+  const indicator = panel.querySelector('.jp-Notebook-ExecutionIndicator');
+  return !!name && /python/i.test(name.textContent)
+    && !!indicator && indicator.getAttribute('data-status') === 'idle';
+}
+"""
+
+
+def _wait_for_kernel(page) -> None:
+    try:
+        page.wait_for_function(KERNEL_READY_JS, timeout=NOTEBOOK_OPEN_TIMEOUT_MS)
+    except Exception:
+        name = page.locator(".jp-NotebookPanel .jp-KernelName").all_inner_texts()
+        pytest.fail(
+            f"the notebook's Python kernel did not become idle within "
+            f"{NOTEBOOK_OPEN_TIMEOUT_MS // 1000}s (kernel shown: {name})"
+        )
+
+
+def _run_all_cells(page) -> None:
+    """Run > Run All Cells, through the menu bar as a person would (retried once if the click
+    came before the notebook was ready to take it)."""
+    for attempt in (1, 2):
+        page.locator(".jp-NotebookPanel .jp-Cell").first.click()  # focus the notebook
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        item = page.locator('.lm-Menu-item[data-command="runmenu:run-all"]')
+        item.wait_for(state="visible", timeout=10_000)
+        item.click()
+        try:
+            page.wait_for_function(
+                f"() => {{ const s = ({NOTEBOOK_STATE_JS})();"
+                " return s && s.prompts.some((p) => p !== '[ ]:' && p !== ''); }",
+                timeout=30_000,
+            )
+            return
+        except Exception:
+            if attempt == 2:
+                pytest.fail("Run > Run All Cells did not start any cell within 30s (twice)")
+
+
+def _move_a_control(explorer) -> str:
+    """Change the explorer's first dropdown (or else its first slider); returns what was done."""
+    select = explorer.locator("select").first
+    if select.count():
+        options = select.locator("option").all_inner_texts()
+        current = select.evaluate("(s) => s.options[s.selectedIndex].text")
+        others = [o for o in options if o != current]
+        assert others, f"the explorer's dropdown has a single option ({options}): nothing to move"
+        select.select_option(label=others[0])
+        return f"dropdown {current!r} -> {others[0]!r}"
+    handle = explorer.locator(".noUi-handle, .slider-container [role='slider']").first
+    if handle.count():
+        handle.focus()
+        handle.press("ArrowRight")
+        handle.press("ArrowRight")
+        return "slider moved two steps right"
+    pytest.fail("the explorer has neither a dropdown (select) nor a slider to move")
+
+
+REDRAWN_JS = """
+(old) => {
+  const img = document.querySelector('.jp-NotebookPanel .lmlab-explorer img.lmlab-figure');
+  return !!img && !!img.src && img.src !== old && img.complete && img.naturalWidth > 0;
+}
+"""
+# An explorer catches a failing redraw and shows "SomeError: message" in its status line.
+EXPLORER_ERROR = re.compile(r"\b\w*(Error|Exception)\b: .*")
+
+
+def _wait_for_redraw(page, explorer, before: str, moved: str, lab: Lab, artifacts: Path) -> None:
+    """Wait for a new, decoded figure; fail at once if the explorer or a cell reports an error."""
+    deadline = time.monotonic() + REDRAW_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        if page.evaluate(REDRAWN_JS, before):
+            return
+        shown = explorer.inner_text()
+        error = EXPLORER_ERROR.search(shown)
+        state = page.evaluate(NOTEBOOK_STATE_JS)
+        if error or (state and state["errors"]):
+            page.screenshot(path=str(artifacts / "jupyterlab-failure.png"))
+            _fail_on_errors(state, lab, f"after moving a control ({moved})")
+            pytest.fail(
+                f"the explorer reported an error after {moved}: {error.group(0)!r} "
+                "(screenshot: test-artifacts/jupyterlab-failure.png)"
+            )
+        page.wait_for_timeout(1000)
+    page.screenshot(path=str(artifacts / "jupyterlab-failure.png"))
+    pytest.fail(
+        f"the figure was not redrawn within {REDRAW_TIMEOUT_MS // 1000}s after {moved} "
+        f"(img.lmlab-figure src unchanged). The explorer shows: {explorer.inner_text()[:800]!r}; "
+        "screenshot: test-artifacts/jupyterlab-failure.png"
+    )
+
+
+def test_quickstart_explorer_redraws_in_jupyterlab(
+    browser, notebooks_dir, tmp_path, get_free_port, artifacts_dir
+):
+    if not (notebooks_dir / NOTEBOOK).exists():
+        pytest.fail(f"{notebooks_dir / NOTEBOOK} does not exist: this test runs the quickstart")
+    log_path = artifacts_dir / "jupyterlab-server.log"
+    with jupyterlab(notebooks_dir, tmp_path, get_free_port(), log_path) as lab:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        # The lab talks to its own server only; anything else is blocked, not waited on.
+        context.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith((lab.url, "data:", "blob:"))
+                else route.abort()
+            ),
+        )
+        try:
+            page = context.new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda err: page_errors.append(str(err)))
+            page.goto(
+                f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}&reset",
+                wait_until="domcontentloaded",
+                timeout=NOTEBOOK_OPEN_TIMEOUT_MS,
+            )
+            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
+                state="visible", timeout=NOTEBOOK_OPEN_TIMEOUT_MS
+            )
+            _wait_for_kernel(page)
+            t0 = time.monotonic()
+            _run_all_cells(page)
+            state = _wait_until_executed(page, lab, RUN_ALL_TIMEOUT_S)
+            print(f"run all cells: {state['cells']} code cells in {time.monotonic() - t0:.1f}s")
+
+            explorer = page.locator(".jp-NotebookPanel .lmlab-explorer").first
+            try:
+                explorer.wait_for(state="attached", timeout=30_000)
+            except Exception:
+                pytest.fail(
+                    f"{NOTEBOOK} ran without errors but no widget with class lmlab-explorer "
+                    "appeared (is the explorer displayed as a cell's output? is the "
+                    "@jupyter-widgets/jupyterlab-manager extension loaded?)"
+                )
+            explorer.scroll_into_view_if_needed()
+            figure = explorer.locator("img.lmlab-figure").first
+            figure.wait_for(state="visible", timeout=30_000)
+            before = figure.get_attribute("src")
+            assert before, "img.lmlab-figure has no src before the control was moved"
+
+            moved = _move_a_control(explorer)
+            _wait_for_redraw(page, explorer, before, moved, lab, artifacts_dir)
+            state = _wait_until_executed(page, lab, 120)
+            after = figure.get_attribute("src")
+            assert after != before, f"img.lmlab-figure src did not change after {moved}"
+            explorer.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(artifacts_dir / "jupyterlab-widget.png"))
+            _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), lab, f"after {moved}")
+            assert not page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(page_errors)
+        finally:
+            context.close()
