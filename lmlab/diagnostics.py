@@ -34,8 +34,15 @@ class LayerStats:
     extra: dict = field(default_factory=dict)
 
 
+def _statistics_dtype(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, in float32 at least: half precision is widened, float64 is kept (a float64
+    probe of an exploding stack must not overflow to inf when its statistics are taken)."""
+    t = t.detach()
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _sample(t: torch.Tensor, max_samples: int) -> torch.Tensor:
-    flat = t.detach().flatten().float()
+    flat = _statistics_dtype(t).flatten()
     step = max(1, flat.numel() // max_samples)
     return flat[::step][:max_samples].cpu().clone()
 
@@ -62,12 +69,12 @@ class ActivationRecorder:
     def _forward_hook(self, name: str):
         def hook(_module, _inputs, output):
             out = output[0] if isinstance(output, tuple) else output
-            x = out.detach().float()
+            x = _statistics_dtype(out)
             self.stats[name] = LayerStats(name, float(x.std()), float(x.abs().mean()),
                                           _sample(x, self.max_samples))
             if out.requires_grad:
                 def grad_hook(grad, name=name):
-                    g = grad.detach().float()
+                    g = _statistics_dtype(grad)
                     self.stats[name].grad_std = float(g.std())
                     self.stats[name].grad_sample = _sample(g, self.max_samples)
                 out.register_hook(grad_hook)

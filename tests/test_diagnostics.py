@@ -53,6 +53,23 @@ def test_probe_default_gradient_is_unit_normal_at_the_top():
     assert stats["top"].grad_std == pytest.approx(1.0, rel=0.02)  # 8192 N(0,1) draws
 
 
+def test_probe_of_a_float64_model_keeps_float64_statistics():
+    # a stack whose activations pass float32's 3.4e38 (chapter 3's exploding ReLU stack in the gpu
+    # profile): the statistics of a float64 probe must stay finite, and exact to float64 rounding
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2, dtype=torch.float64) * 1e20)
+        model[1].weight.copy_(torch.eye(2, dtype=torch.float64) * 1e20)
+    x = torch.tensor([[1.0, -1.0], [3.0, -3.0]], dtype=torch.float64)  # std of the entries: 2.582
+    stats = D.probe(model, {"first": model[0], "second": model[1]}, x)
+    expected = float(x.std())  # the same numbers scaled by 1e20 and 1e40
+    assert stats["first"].act_std == pytest.approx(expected * 1e20, rel=1e-12)
+    assert stats["second"].act_std == pytest.approx(expected * 1e40, rel=1e-12)
+    assert math.isfinite(stats["second"].act_abs_mean)
+    assert stats["second"].act_sample.abs().max() == 3e40
+    assert math.isfinite(stats["first"].grad_std)  # the gradient reaching layer 1 is scaled by 1e20
+
+
 def test_update_to_data_ratio_by_hand():
     before = torch.tensor([3.0, 4.0])  # norm 5
     after = torch.tensor([3.0, 5.0])  # moved by 1
