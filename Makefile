@@ -4,6 +4,7 @@
 #   make test     ruff + unit tests + every notebook (nbval) + browser tests
 #   make book     execute the chapters and build the HTML book (book/_build/html)
 #   make bench    run the training benchmark
+#   make gpu-check  the CUDA tests, a smoke matrix and GPU benchmarks (exits 0 without a GPU)
 #   make strip    strip outputs from the notebooks before committing
 #   make clean    remove build outputs (keeps .venv)
 #
@@ -40,10 +41,11 @@ test test-unit test-browser book: export LMLAB_CACHE_DIR ?= $(CURDIR)/$(BUILD_DI
 # Print how long a stage took: $(call timed,NAME) after the command, in the same shell line.
 timed = rc=$$?; echo "[timing] $(1): $$(( $$(date +%s) - t0 ))s"; exit $$rc
 
-.PHONY: help install lab test test-lint test-unit test-browser book bench strip clean distclean
+.PHONY: help install lab test test-lint test-unit test-browser book bench gpu-check strip clean \
+	distclean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------- bootstrap
 $(VPY):
@@ -88,6 +90,11 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_train.py
+
+# On one CUDA GPU, under 8 minutes: tests marked `cuda`, the smoke matrix, the quickstart's gpu
+# profile to val 1.47, GPT-2 124M throughput and MFU; JSON in $(BUILD_DIR)/gpu_check.json.
+gpu-check: $(STAMP)
+	$(VPY) benchmarks/gpu_check.py --json $(BUILD_DIR)/gpu_check.json
 
 # Outputs, execution counts and widget state (nbstripout's defaults), plus what papermill and the
 # book build add to a notebook they executed.
