@@ -24,6 +24,7 @@ sizes (no compile, no CUDA-only checks): it checks the script itself without a G
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -276,12 +277,25 @@ class _Reached(Exception):
     pass
 
 
+def notebook_sizes(path: Path, profile: str) -> dict:
+    """A notebook's ``SIZES = {"ci": dict(...), ...}[profile]`` entry for ``profile``, read from
+    its source (so the check trains what the notebook trains, whatever it is tuned to)."""
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "SIZES = {" in source:
+            start = source.index("SIZES = {") + len("SIZES = ")
+            table = ast.parse(source[start:source.index("}[profile]") + 1], mode="eval").body
+            for key, value in zip(table.keys, table.values, strict=True):
+                if ast.literal_eval(key) == profile:
+                    return {kw.arg: ast.literal_eval(kw.value) for kw in value.keywords}
+    raise ValueError(f"{path.name} has no SIZES[{profile!r}] entry")
+
+
 def quickstart_gpu(report: Report, device: str, cap_s: float, rehearse: bool) -> None:
-    """The quickstart notebook's ``gpu`` profile, as its cells configure it."""
+    """The quickstart notebook's ``gpu`` profile: its SIZES entry, its TrainConfig."""
     t0 = time.perf_counter()
     corpus = char_corpus("tinyshakespeare")
-    size = dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch_size=64, steps=3000,
-                lr=1e-3, warmup=100, eval_every=250, dropout=0.2)
+    size = notebook_sizes(ROOT / "notebooks" / "00_quickstart.ipynb", "gpu")
     if rehearse:
         size.update(n_layer=1, n_head=2, d_model=32, block_size=32, batch_size=8, steps=40,
                     warmup=10, eval_every=10)
@@ -291,7 +305,7 @@ def quickstart_gpu(report: Report, device: str, cap_s: float, rehearse: bool) ->
                                     n_head=size["n_head"], d_model=size["d_model"],
                                     dropout=size["dropout"]))
     config = TrainConfig(steps=size["steps"], batch_size=size["batch_size"], lr=size["lr"],
-                         min_lr=size["lr"] / 10, warmup_steps=size["warmup"],
+                         min_lr=size["lr"] / 10, warmup_steps=min(size["warmup"], size["steps"]),
                          eval_every=size["eval_every"], eval_batches=20, seed=0, progress=False,
                          device=device)
     evals: list[tuple[int, float, float]] = []

@@ -34,3 +34,15 @@ def test_without_cuda_it_says_so_and_exits_0(gpu_check, monkeypatch, capsys, tmp
 ])
 def test_peak_flops_matches_the_device_name(gpu_check, name, peak):
     assert gpu_check.peak_flops(name)[0] == peak
+
+
+def test_it_reads_the_quickstarts_gpu_profile(gpu_check, repo_root):
+    """The check trains what the quickstart's gpu profile trains: if the notebook's SIZES table
+    changes shape, this fails here instead of on a borrowed GPU."""
+    sizes = gpu_check.notebook_sizes(repo_root / "notebooks" / "00_quickstart.ipynb", "gpu")
+    needed = {"n_layer", "n_head", "d_model", "block_size", "batch_size", "steps", "lr",
+              "warmup", "eval_every", "dropout"}
+    assert needed <= set(sizes), needed - set(sizes)
+    assert sizes["d_model"] % sizes["n_head"] == 0 and sizes["steps"] >= sizes["eval_every"]
+    with pytest.raises(ValueError, match="no SIZES"):
+        gpu_check.notebook_sizes(repo_root / "notebooks" / "00_quickstart.ipynb", "tpu")
