@@ -1,5 +1,7 @@
 """The two GPU-only training paths, run at tiny size on the CPU so they cannot rot unseen
-(issue 13): ``TrainConfig(compile=True)`` and fp16 autocast with the ``GradScaler``.
+(issue 13): ``TrainConfig(compile=True)`` and fp16 autocast with the ``GradScaler``; and the
+compile helper's cache reset and fallback warnings (issue 19, item 9). One module, so that one
+test worker pays dynamo's import (about 10 s).
 
 Compile runs with the ``aot_eager`` backend: dynamo captures our model and AOTAutograd traces its
 forward and backward, which is where our code can break compilation (graph breaks, Python-side
@@ -12,12 +14,15 @@ itself runs in ``make gpu-check`` (tests/test_cuda.py).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from lmlab import ModelConfig, TrainConfig, Transformer, device, train
 from lmlab.data import char_corpus
+from lmlab.device import CompileFallbackWarning, compile_model
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +80,47 @@ def test_fp16_autocast_trains_through_the_grad_scaler(corpus, monkeypatch):
     # roundoff 2^-11 = 4.9e-4, relative, on the loss and the gradient norm
     assert losses(fp16) != losses(fp32)
     assert losses(fp16) == pytest.approx(losses(fp32), rel=2**-11)
+
+
+# ---------------------------------------------- compile_model: bounded caches, loud fallbacks
+
+
+def test_compile_model_off_returns_the_model():
+    model = nn.Linear(2, 2)
+    assert compile_model(model, enabled=False, signature="x") is model
+
+
+def test_compile_model_resets_dynamo_only_when_the_shapes_change(monkeypatch):
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(device, "_compiled_signature", [])
+    model = nn.Linear(2, 2)
+    compile_model(model, True, ("shape", 1), backend="eager")
+    compile_model(model, True, ("shape", 1), backend="eager")  # same shapes: graphs reused
+    assert len(resets) == 1
+    compile_model(model, True, ("shape", 2), backend="eager")  # new shapes: start afresh
+    assert len(resets) == 2
+
+
+def test_compile_model_warns_when_dynamo_falls_back_to_eager(monkeypatch):
+    """Past the recompile limit dynamo runs the function uncompiled with only a log line."""
+    monkeypatch.setattr(device, "_compiled_signature", [])
+    compiled = compile_model(nn.Linear(3, 1), True, "fallback", backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(recompile_limit=1), \
+            pytest.warns(CompileFallbackWarning, match="recompile_limit"):
+        for batch in (1, 2, 3):  # each batch size a new static shape: a recompile
+            compiled(torch.ones(batch, 3))
+    torch._dynamo.reset()
+
+
+def test_compile_model_warns_and_runs_eagerly_where_compile_is_unavailable(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    model = nn.Linear(2, 2)
+    with pytest.warns(CompileFallbackWarning, match="uncompiled"):
+        assert compile_model(model, True, "unavailable") is model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert compile_model(model, False) is model

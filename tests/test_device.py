@@ -1,18 +1,16 @@
-"""Device-specific choices made on the CPU (issue 19, items 6, 7, 9): the autocast dtype, device
-synchronization and allocator reads, and the compile helper. CUDA and MPS are stood in for by
-monkeypatching the torch calls that would answer on that hardware."""
+"""Device-specific choices made on the CPU (issue 19, items 6 and 7): the autocast dtype, device
+synchronization and allocator reads (the compile helper is tested in test_compile_and_fp16.py).
+CUDA and MPS are stood in for by monkeypatching the torch calls that would answer there."""
 
 from __future__ import annotations
 
 import importlib
-import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from lmlab import attention_cost, device
-from lmlab.device import CompileFallbackWarning, autocast_dtype, compile_model, native_bf16
+from lmlab.device import autocast_dtype, native_bf16
 
 CUDA = torch.device("cuda")
 
@@ -98,44 +96,3 @@ def test_timing_code_synchronizes_before_every_clock_read(monkeypatch):
 def test_generator_device():
     assert device.generator_device(None) == torch.device("cpu")
     assert device.generator_device(torch.Generator()) == torch.device("cpu")
-
-
-def test_compile_model_off_returns_the_model():
-    model = nn.Linear(2, 2)
-    assert compile_model(model, enabled=False, signature="x") is model
-
-
-def test_compile_model_resets_dynamo_only_when_the_shapes_change(monkeypatch):
-    resets = []
-    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
-    monkeypatch.setattr(device, "_compiled_signature", [])
-    model = nn.Linear(2, 2)
-    compile_model(model, True, ("shape", 1), backend="eager")
-    compile_model(model, True, ("shape", 1), backend="eager")  # same shapes: graphs reused
-    assert len(resets) == 1
-    compile_model(model, True, ("shape", 2), backend="eager")  # new shapes: start afresh
-    assert len(resets) == 2
-
-
-def test_compile_model_warns_when_dynamo_falls_back_to_eager(monkeypatch):
-    """Past the recompile limit dynamo runs the function uncompiled with only a log line."""
-    monkeypatch.setattr(device, "_compiled_signature", [])
-    compiled = compile_model(nn.Linear(3, 1), True, "fallback", backend="eager", dynamic=False)
-    with torch._dynamo.config.patch(recompile_limit=1), \
-            pytest.warns(CompileFallbackWarning, match="recompile_limit"):
-        for batch in (1, 2, 3):  # each batch size a new static shape: a recompile
-            compiled(torch.ones(batch, 3))
-    torch._dynamo.reset()
-
-
-def test_compile_model_warns_and_runs_eagerly_where_compile_is_unavailable(monkeypatch):
-    def unavailable(*args, **kwargs):
-        raise RuntimeError("torch.compile is not supported on this Python")
-
-    monkeypatch.setattr(torch, "compile", unavailable)
-    model = nn.Linear(2, 2)
-    with pytest.warns(CompileFallbackWarning, match="uncompiled"):
-        assert compile_model(model, True, "unavailable") is model
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert compile_model(model, False) is model
