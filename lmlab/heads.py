@@ -183,15 +183,14 @@ def classifier_accuracy(model: SequenceClassifier, ids: torch.Tensor, key_paddin
 
 
 @torch.no_grad()
-def pair_head_accuracy(model: TransformerWithPairHead, x: torch.Tensor, tokenizer, task: str,
-                       generator: torch.Generator | None = None) -> float:
-    """Accuracy of ``model.pair_head`` on NSP or SOP pairs built from windows x (B, T) by
-    :func:`lmlab.objectives.window_pairs` (unmasked inputs, eval mode; restores the mode)."""
-    from .objectives import window_pairs
-
+def pair_head_accuracy(model: TransformerWithPairHead, ids: torch.Tensor, key_padding: torch.Tensor,
+                       labels: torch.Tensor) -> float:
+    """Accuracy of ``model.pair_head`` on encoded NSP or SOP pairs: ids (N, T) and key_padding
+    (N, T) as :func:`lmlab.pairs.pair_layout` lays them out, labels (N,) (unmasked inputs, eval
+    mode on the model's device; restores the mode)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    ids, labels = window_pairs(x, tokenizer, task, generator)  # (B, T), (B,)
-    h = model.hidden(ids, key_padding=ids != tokenizer.pad_id)  # (B, T, C)
+    h = model.hidden(ids.to(device), key_padding=key_padding.to(device))  # (N, T, C)
     model.train(was_training)
-    return accuracy(model.pair_head(h[:, 0]), labels)
+    return accuracy(model.pair_head(h[:, 0]).cpu(), labels)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from .pairs import LinePairBank, line_pair_bank, segment_length
 
 IGNORE_INDEX = -100
 
@@ -26,6 +28,20 @@ class ObjectiveContext:
     label_smoothing: float = 0.0
     mask_rate: float = 0.15
     pair_weight: float = 1.0  # lambda in L = L_MLM + lambda * L_pair
+    pair_text: torch.Tensor | None = None  # (N,) token ids the NSP / SOP line pairs come from
+    _pair_banks: dict = field(default_factory=dict, init=False, repr=False)
+
+    def pair_bank(self, t: int) -> LinePairBank:
+        """The :class:`lmlab.pairs.LinePairBank` of ``pair_text`` for windows of t tokens (built
+        once per segment length, then reused)."""
+        if self.pair_text is None:
+            raise ValueError("the NSP / SOP objectives draw line pairs from a text: pass "
+                             "ObjectiveContext(..., pair_text=corpus.train) (lmlab.train does).")
+        s = segment_length(t)
+        if s not in self._pair_banks:  # on the generator's device, where the pairs are drawn
+            device = self.generator.device if self.generator is not None else None
+            self._pair_banks[s] = line_pair_bank(self.pair_text.to(device), self.tokenizer, s)
+        return self._pair_banks[s]
 
 
 def clm_loss(logits: torch.Tensor, targets: torch.Tensor,
@@ -260,48 +276,23 @@ def combined_loss(mlm: torch.Tensor, pair: torch.Tensor, pair_weight: float) -> 
     return mlm + pair_weight * pair
 
 
-def window_pairs(x: torch.Tensor, tokenizer, task: str,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sentence-pair inputs from windows of consecutive text (B, T), as in BERT and ALBERT.
-
-    Each window's first 2s tokens (s = (T - 3) // 2) are split into consecutive segments A, B and
-    laid out as ``[CLS] first [SEP] second [SEP]`` (padded with [PAD] to T). With probability 1/2
-    the pair is kept (label 1); otherwise (label 0) ``task='sop'`` swaps it to (B, A) and
-    ``task='nsp'`` replaces B by the B segment of another window of the batch (a random text).
-    Returns ids (B, T) and labels (B,).
-    """
-    if task not in ("nsp", "sop"):
-        raise ValueError(f"task={task!r} is invalid: expected 'nsp' or 'sop'.")
-    b, t = x.shape
-    s = (t - 3) // 2
-    if s < 1 or b < 2 and task == "nsp":
-        raise ValueError(f"window_pairs needs T >= 5 (and B >= 2 for nsp); got B={b}, T={t}.")
-    seg_a, seg_b = x[:, :s], x[:, s : 2 * s]  # (B, s) each, consecutive text
-    labels = (torch.rand(b, generator=generator, device=x.device) < 0.5).long()  # (B,)
-    keep = labels.bool()[:, None]  # (B, 1)
-    if task == "sop":
-        first = torch.where(keep, seg_a, seg_b)
-        second = torch.where(keep, seg_b, seg_a)
-    else:
-        first = seg_a
-        second = torch.where(keep, seg_b, seg_b.roll(1, dims=0))  # another window's B
-    cls = torch.full((b, 1), tokenizer.cls_id, dtype=x.dtype, device=x.device)
-    sep = torch.full((b, 1), tokenizer.sep_id, dtype=x.dtype, device=x.device)
-    pad = torch.full((b, t - 2 * s - 3), tokenizer.pad_id, dtype=x.dtype, device=x.device)
-    return torch.cat([cls, first, sep, second, sep, pad], dim=1), labels  # (B, T), (B,)
-
-
 def mlm_pair_losses(model, x, ctx: ObjectiveContext,
                     task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_MLM, L_pair) on one batch of windows: build pairs, mask them, one forward pass; the pair
-    head (``model.pair_head``, see :mod:`lmlab.heads`) reads the [CLS] hidden state."""
+    """(L_MLM, L_pair) on one batch: B pairs of consecutive lines drawn from ``ctx.pair_text``
+    (:meth:`lmlab.pairs.LinePairBank.sample`, B and T from the windows x (B, T)), masked, one
+    forward pass; the pair head (``model.pair_head``, see :mod:`lmlab.heads`) reads the [CLS]
+    hidden state. The pairs are whole lines, as BERT and ALBERT pair sentences: a segment cut
+    through a word would let one bigram across the junction give the order away."""
     if not hasattr(model, "pair_head"):
         raise ValueError("this objective needs a model with a pair_head: build it with "
                          "lmlab.heads.transformer_with_pair_head(config).")
-    ids, pair_labels = window_pairs(x, ctx.tokenizer, task, ctx.generator)  # (B, T), (B,)
+    bank = ctx.pair_bank(x.size(1))
+    ids, pair_labels = bank.sample(x.size(0), task, ctx.tokenizer, x.size(1), ctx.generator)
+    ids, pair_labels = ids.to(x.device), pair_labels.to(x.device)  # (B, T), (B,)
     inputs, labels = mask_tokens(ids, ctx.tokenizer, ctx.mask_rate, ctx.generator)
     if not (labels != IGNORE_INDEX).any():
-        labels[0, 1] = ids[0, 1]
+        first_real = int((~ctx.tokenizer.is_special(ids[0])).nonzero()[0])
+        labels[0, first_real] = ids[0, first_real]
     h = model.hidden(inputs, key_padding=ids != ctx.tokenizer.pad_id)  # (B, T, C)
     mlm = masked_lm_loss(model.lm_head(h), labels)
     return mlm, pair_loss(model.pair_head(h[:, 0]), pair_labels)  # [CLS] is position 0

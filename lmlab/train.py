@@ -177,8 +177,11 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     val_batches = eval_batches(corpus, block_size, config, "val", device)
     train_batches = eval_batches(corpus, block_size, config, "train", device)
     ctx = ObjectiveContext(tokenizer, objective_gen, config.label_smoothing, config.mask_rate,
-                           config.pair_weight)
-    eval_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate, config.pair_weight)
+                           config.pair_weight, pair_text=corpus.train)  # NSP/SOP line pairs
+    eval_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate, config.pair_weight,
+                                pair_text=corpus.val)
+    eval_train_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate,
+                                      config.pair_weight, pair_text=corpus.train)
     objective = OBJECTIVES[config.objective]
     optimizer = build_optimizer(model, config, device)
     amp_dtype = autocast_dtype(device, config.dtype)
@@ -266,7 +269,8 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
             if step % config.eval_every == 0 or step == config.steps:
                 row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx, autocast,
                                            config.seed + 4)
-                row["eval_train_loss"] = evaluate(model, train_batches, config.objective, eval_ctx,
+                row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
+                                                  eval_train_ctx,
                                                   autocast, config.seed + 4)
             row["seconds"] = elapsed0 + time.perf_counter() - t0
             history.append(row)

@@ -28,10 +28,11 @@ from lmlab.objectives import (
     span_corruption,
     span_corruption_batch,
     span_counts,
-    window_pairs,
 )
 
-TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")
+TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n:")
+LINES = torch.tensor(TOK.encode("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\nb:\n"
+                                "so it goes\nand went\n"))  # two speeches, one text of ids
 
 
 def tiny(**kw) -> ModelConfig:
@@ -119,22 +120,35 @@ def test_span_batch_predicts_only_the_target():
 
 
 @pytest.mark.parametrize("task", ["sop", "nsp"])
-def test_window_pairs_layout_and_labels(task):
-    g = torch.Generator().manual_seed(0)
-    x = torch.arange(8 * 19).view(8, 19) % TOK.n_chars  # (B, T=19): s = 8
-    ids, labels = window_pairs(x, TOK, task, g)
-    assert ids.shape == (8, 19)
-    assert (ids[:, 0] == TOK.cls_id).all() and (ids[:, 9] == TOK.sep_id).all()
-    assert (ids[:, 18] == TOK.sep_id).all()
-    for b in range(8):
-        a_seg, b_seg = x[b, :8], x[b, 8:16]
-        first, second = ids[b, 1:9], ids[b, 10:18]
-        if labels[b] == 1:
-            assert torch.equal(first, a_seg) and torch.equal(second, b_seg)
-        elif task == "sop":
-            assert torch.equal(first, b_seg) and torch.equal(second, a_seg)
-        else:
-            assert torch.equal(first, a_seg) and torch.equal(second, x[(b - 1) % 8, 8:16])
+def test_pair_objectives_train_on_the_line_pairs_of_the_text(task, monkeypatch):
+    """The MLM + pair inputs are pairs of whole lines drawn from ctx.pair_text: the junction is a
+    line break. Windows cut from running text (the old layout) fail every check below."""
+    import lmlab.objectives as objectives
+
+    seen = []
+    real_mask_tokens = objectives.mask_tokens
+
+    def recording_mask_tokens(ids, *args):  # what the objective masks: the uncorrupted pairs
+        seen.append(ids)
+        return real_mask_tokens(ids, *args)
+
+    monkeypatch.setattr(objectives, "mask_tokens", recording_mask_tokens)
+    torch.manual_seed(0)
+    model = transformer_with_pair_head(tiny(causal=False, block_size=19))  # s = 8
+    x = torch.randint(0, TOK.n_chars, (64, 19))  # only its shape is used
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(1), pair_text=LINES)
+    mlm_pair_losses(model, x, ctx, task)
+    lines = ["the cat sat", "on the mat", "and the dog", "ran off.", "so it goes", "and went"]
+    heads_, tails = {line[:8] for line in lines}, {line[-8:] for line in lines}
+    (ids,) = seen
+    assert ids.shape == (64, 19)
+    for row in ids:
+        assert row[0] == TOK.cls_id and row[9] == TOK.sep_id and row[18] == TOK.sep_id
+        first, second = row[1:9], row[10:18]
+        assert TOK.decode(first[first != TOK.pad_id]) in tails
+        assert TOK.decode(second[second != TOK.pad_id]) in heads_
+    with pytest.raises(ValueError, match="pair_text"):
+        mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator()), task)
 
 
 def test_pair_and_combined_losses_against_cross_entropy():
@@ -151,9 +165,9 @@ def test_mlm_sop_objective_combines_with_lambda():
     torch.manual_seed(0)
     model = transformer_with_pair_head(tiny(causal=False))
     x = torch.randint(0, TOK.n_chars, (4, 16))
-    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7)
-    mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3)),
-                                "sop")
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7, pair_text=LINES)
+    mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3),
+                                                           pair_text=LINES), "sop")
     total = OBJECTIVES["mlm_sop"](model, x, x, ctx)
     torch.testing.assert_close(total, mlm + 0.7 * pair, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="pair_head"):
@@ -167,7 +181,8 @@ def test_new_objectives_start_near_uniform_and_backpropagate(name):
     model = build(tiny(causal=name in ("prefix", "span"), block_size=32))
     w = torch.randint(0, TOK.n_chars, (8, 33))
     x, y = w[:, :-1], w[:, 1:]  # (B, T) windows and next-token targets
-    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0)))
+    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0),
+                                                          pair_text=LINES))
     expected = math.log(TOK.vocab_size) + (math.log(2) if name.startswith("mlm_") else 0.0)
     assert loss.item() == pytest.approx(expected, rel=0.05)  # small init: near-uniform outputs
     loss.backward()
