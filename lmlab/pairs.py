@@ -220,6 +220,26 @@ def line_pair_bank(ids: torch.Tensor, tokenizer, s: int) -> LinePairBank:
     return LinePairBank(heads, tails, text_line.nonzero().flatten(), pair_first)
 
 
+def junction_bigram_accuracy(train_ids: torch.Tensor, train_labels: torch.Tensor,
+                             test_ids: torch.Tensor, test_labels: torch.Tensor, s: int) -> float:
+    """Test accuracy of the simplest order cue: the two characters around the middle [SEP].
+
+    Ids (N, t) in the :func:`pair_layout` of segments of s (the junction is ids[:, s] and
+    ids[:, s + 2]). Each training junction bigram votes for its labels; a test pair gets the
+    majority label of its bigram (label 1 for a bigram never seen, or a tie). A pair task whose
+    junction is a cut through a word is largely solved by this; one whose segments are whole lines
+    leaves it only what line ends and line starts say (punctuation, capitals).
+    """
+    big = int(max(train_ids.max(), test_ids.max())) + 1  # ids lie in [0, big)
+    train_codes = train_ids[:, s].long() * big + train_ids[:, s + 2].long()  # (N,) one per bigram
+    test_codes = test_ids[:, s].long() * big + test_ids[:, s + 2].long()  # (M,)
+    votes = torch.zeros(big * big, 2)  # (bigram, label) counts
+    votes.index_put_((train_codes, train_labels.long()), torch.ones(len(train_codes)),
+                     accumulate=True)
+    predicted = (votes[test_codes, 0] <= votes[test_codes, 1]).long()  # (M,) ties -> 1
+    return float((predicted == test_labels).float().mean())
+
+
 def words(text: str) -> set[str]:
     """Lower-cased words (letters and apostrophes) of a line, as a set."""
     return set(re.findall(r"[a-z']+", text.lower()))
@@ -275,8 +295,10 @@ class SpeakerData:
     labels: torch.Tensor
     names: list[str]
 
-    def split(self, test_fraction: float, generator: torch.Generator | None = None):
-        """(train, test) with a seeded random split, stratified so each keeps balanced classes."""
+    def split_indices(self, test_fraction: float, generator: torch.Generator | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train rows, test rows) of a seeded random split, stratified so each keeps balanced
+        classes: round(n_c * test_fraction) (at least 1) rows of each class c go to the test set."""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction={test_fraction!r} is invalid: expected (0, 1).")
         train_idx, test_idx = [], []
@@ -286,8 +308,13 @@ class SpeakerData:
             n_test = max(1, round(len(idx) * test_fraction))
             test_idx.append(idx[:n_test])
             train_idx.append(idx[n_test:])
+        return torch.cat(train_idx), torch.cat(test_idx)
+
+    def split(self, test_fraction: float, generator: torch.Generator | None = None):
+        """(train, test) SpeakerData of :meth:`split_indices`."""
+        train_idx, test_idx = self.split_indices(test_fraction, generator)
         pick = lambda i: SpeakerData(self.ids[i], self.key_padding[i], self.labels[i], self.names)  # noqa: E731
-        return pick(torch.cat(train_idx)), pick(torch.cat(test_idx))
+        return pick(train_idx), pick(test_idx)
 
 
 def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speaker: int = 100,

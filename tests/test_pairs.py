@@ -107,3 +107,16 @@ def test_split_is_stratified():
     train, test = data.split(0.25, torch.Generator().manual_seed(0))
     assert torch.bincount(test.labels).tolist() == [2, 2, 2, 2]  # round(10 * 0.25) = 2 (even)
     assert torch.bincount(train.labels).tolist() == [8, 8, 8, 8]
+
+
+def test_junction_bigram_accuracy_hand_computed():
+    from lmlab.pairs import junction_bigram_accuracy
+
+    def pair(a, b):  # s = 1: [CLS] a [SEP] b [SEP]
+        return [TOK.cls_id, TOK.stoi[a], TOK.sep_id, TOK.stoi[b], TOK.sep_id]
+
+    train = torch.tensor([pair("a", "b"), pair("a", "b"), pair("a", "b"), pair("b", "a")])
+    train_labels = torch.tensor([1, 1, 0, 0])  # "ab": 2 votes for 1, 1 for 0; "ba": 0
+    test = torch.tensor([pair("a", "b"), pair("b", "a"), pair("b", "b"), pair("a", "b")])
+    test_labels = torch.tensor([1, 0, 0, 0])  # right, right, unseen -> 1: wrong, wrong
+    assert junction_bigram_accuracy(train, train_labels, test, test_labels, 1) == 0.5
