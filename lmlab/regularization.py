@@ -333,7 +333,8 @@ def validation_loss(model: nn.Module, corpus: Corpus, config: TrainConfig,
         return torch.autocast(device_type=device.type, dtype=amp)
 
     ctx = ObjectiveContext(corpus.tokenizer, torch.Generator(device=device), 0.0,
-                           config.mask_rate, config.pair_weight)  # as train()'s evaluation
+                           config.mask_rate, config.pair_weight,
+                           pair_text=corpus.val if split == "val" else corpus.train)  # as train()
     return evaluate(model, batches, config.objective, ctx, autocast, config.seed + 4)
 
 

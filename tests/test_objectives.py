@@ -244,3 +244,25 @@ def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
     keep = torch.arange(12)[None, :] >= (p[:, None] - 1)  # (3, 12) scored positions
     ref = F.cross_entropy(logits[keep], y[keep])  # PyTorch on exactly the scored positions
     torch.testing.assert_close(loss, ref, rtol=0, atol=1e-6)
+
+
+def test_pair_objective_losses_are_rescored_exactly_from_the_split_they_came_from():
+    """train() draws the pairs of val_loss from the validation text and those of eval_train_loss
+    from the training text; regularization.validation_loss must draw the same ones."""
+    from lmlab import TrainConfig
+    from lmlab.data import Corpus
+    from lmlab.regularization import validation_loss
+    from lmlab.train import train
+
+    text = torch.tensor(TOK.encode(("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\n"
+                                    "b:\nso it goes\nand went\nto sea.\n\n") * 12))
+    corpus = Corpus("lines", TOK, text[: len(text) * 3 // 4], text[len(text) * 3 // 4 :])
+    torch.manual_seed(0)
+    model = transformer_with_pair_head(tiny(causal=False, block_size=19))
+    tc = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, eval_every=3, eval_batches=2,
+                     objective="mlm_sop", progress=False, device="cpu")
+    run = train(model, corpus, tc)
+    last = run.history[-1]
+    assert validation_loss(model, corpus, tc) == pytest.approx(last["val_loss"], abs=1e-6)
+    assert validation_loss(model, corpus, tc, "train") == pytest.approx(last["eval_train_loss"],
+                                                                         abs=1e-6)
