@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterable
 
 import torch
@@ -138,9 +139,17 @@ def adam_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -
     p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))  # theta - lr m_hat / (sqrt(v_hat) + eps)
 
 
+# oneDNN instruction-set limits (ONEDNN_MAX_CPU_ISA) under which it has no bf16 matrix instructions
+_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                      "AVX512_CORE_VNNI"}
+
+
 @functools.cache
 def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX instructions)."""
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX instructions)
+    and oneDNN, PyTorch's CPU matrix library, is allowed to use them."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() in _ISAS_WITHOUT_BF16:
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -157,6 +166,7 @@ def newton_schulz_dtype(device: torch.device | str) -> torch.dtype:
     (benchmarks/RESULTS.md): with AVX512-BF16 bf16 1.4 ms, fp32 2.8 ms; the same CPU limited to
     AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, like most laptops) bf16 81 ms, fp32 3.1 ms; limited to
     AVX512 without BF16, bf16 12 ms, fp32 7.8 ms. Apple's MPS is not measured: fp32 there.
+    A limit set in ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 counts as no bf16 instructions.
     """
     device = torch.device(device)
     if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul()):

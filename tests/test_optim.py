@@ -183,6 +183,11 @@ def test_newton_schulz_dtype_by_device():
     cpu = torch.bfloat16 if scratch.cpu_has_bf16_matmul() else torch.float32
     assert scratch.newton_schulz_dtype("cpu") == cpu
     assert scratch.newton_schulz(torch.randn(4, 6)).dtype == cpu
+    scratch.cpu_has_bf16_matmul.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:  # oneDNN limited to AVX2: no bf16 instructions
+        patch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+        assert scratch.newton_schulz_dtype("cpu") == torch.float32
+    scratch.cpu_has_bf16_matmul.cache_clear()
 
 
 def test_batched_newton_schulz_equals_one_at_a_time():
