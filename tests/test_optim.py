@@ -141,8 +141,8 @@ def rounding_bound(dtype: torch.dtype, roundings: int, products: int = 0, k: int
     return 3 * u * math.sqrt(roundings + products * k)
 
 
-# Roundings of one 5-step Newton-Schulz: ours stores 7 results per step (A, b A, A A, B, B X,
-# a X, the sum) plus 2 for the normalization: 37; torch's fused addmm form stores 3 per step plus
+# Roundings of one 5-step Newton-Schulz: ours stores 7 results per step (A, a I, b A, A A,
+# c A A, P, P X) plus 2 for the normalization: 37; torch's fused addmm form stores 3 per step plus
 # 1: 16. Products of bf16 matrices accumulate in fp32 (CPU and GPU alike), so in bf16 only the
 # stored results count; in fp32 the 15 products' dot products (length <= 512 here) count as well.
 NS_BOUND = {torch.float32: rounding_bound(torch.float32, 37, products=15),  # 1.6e-5
