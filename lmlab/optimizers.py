@@ -25,8 +25,6 @@ import torch
 # p(s) = a s + b s^3 + c s^5, a large for a steep slope at 0 (small singular values grow fast).
 NS_A, NS_B, NS_C = 3.4445, -4.7750, 2.0315
 NS_COEFFICIENTS = (NS_A, NS_B, NS_C)
-# Muon's default: one Newton-Schulz per matrix (False) or one per set of same-shape matrices.
-BATCH_NEWTON_SCHULZ = False
 
 
 def _check(name: str, value: float, low: float, high: float = math.inf) -> None:
@@ -163,9 +161,9 @@ def newton_schulz_dtype(device: torch.device | str) -> torch.dtype:
     what ``torch.optim.Muon`` always uses). It is fast only where the hardware multiplies bf16:
     GPU tensor cores, and CPUs with AVX512-BF16 or AMX. Elsewhere PyTorch emulates it. Measured
     for one 512 x 128 Newton-Schulz, one thread, torch 2.13, a 2-core AMD EPYC VM
-    (benchmarks/RESULTS.md): with AVX512-BF16 bf16 1.4 ms, fp32 2.8 ms; the same CPU limited to
-    AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, like most laptops) bf16 81 ms, fp32 3.1 ms; limited to
-    AVX512 without BF16, bf16 12 ms, fp32 7.8 ms. Apple's MPS is not measured: fp32 there.
+    (benchmarks/RESULTS.md): with AVX512-BF16, bf16 0.9-1.5 ms, fp32 2.1-2.9 ms; the same CPU
+    limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, like most laptops), bf16 81-238 ms, fp32
+    2.6-3.4 ms. Apple's MPS is not measured: fp32 there.
     A limit set in ``ONEDNN_MAX_CPU_ISA`` below AVX512_CORE_BF16 counts as no bf16 instructions.
     """
     device = torch.device(device)
@@ -230,16 +228,17 @@ class Muon(torch.optim.Optimizer):
     :func:`newton_schulz_dtype` per parameter device: bf16 on CUDA and on CPUs with bf16
     matrix instructions, fp32 elsewhere; ``torch.optim.Muon`` always uses bf16.
     ``batched=True`` orthogonalizes the matrices of one shape together (one stacked, batched
-    Newton-Schulz per shape instead of one per matrix; equal up to rounding). It is off by
-    default: on a 2-core CPU it saved nothing measurable in bf16 and cost 10-20% in fp32
-    (benchmarks/RESULTS.md). On a GPU, where each small matrix product is a kernel launch, it
-    should save launches, but that is not measured yet: measure before turning it on.
+    Newton-Schulz per shape instead of one per matrix; equal up to rounding), ``False`` one at a
+    time; None (default) batches where the iteration runs in bf16. On a 2-core CPU with bf16
+    instructions, for the 16 matrices of the CPU recipe, batching made the optimizer step 10-30%
+    faster in bf16 and 5-20% slower in fp32 (benchmarks/RESULTS.md). On a GPU (bf16) it saves
+    kernel launches; not measured yet.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.99),
                  eps: float = 1e-8, weight_decay: float = 0.0, ns_dtype: torch.dtype | None = None,
-                 batched: bool = BATCH_NEWTON_SCHULZ):
+                 batched: bool | None = None):
         _check("lr", lr, 0.0)
         _check("momentum", momentum, 0.0, 1.0)
         _check("weight_decay", weight_decay, 0.0)
@@ -267,18 +266,20 @@ class Muon(torch.optim.Optimizer):
         return p.grad.lerp(b, mu) if group["nesterov"] else b
 
     def _orthogonalize(self, updates: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
-        """newton_schulz of each update; with ``batched``, one stacked call per (shape, device)."""
-        if not self.batched:
-            return [newton_schulz(u, steps, dtype=self.ns_dtype) for u in updates]
+        """newton_schulz of each update: one stacked call per (shape, device) where batched."""
         out: list[torch.Tensor | None] = [None] * len(updates)
         by_shape: dict[tuple, list[int]] = {}
         for i, u in enumerate(updates):
             by_shape.setdefault((tuple(u.shape), u.device), []).append(i)
-        for indices in by_shape.values():
-            stacked = torch.stack([updates[i] for i in indices])  # (n, rows, cols)
-            for i, o in zip(indices, newton_schulz(stacked, steps, dtype=self.ns_dtype),
-                            strict=True):
-                out[i] = o
+        for (_, device), indices in by_shape.items():
+            dtype = self.ns_dtype or newton_schulz_dtype(device)
+            if self.batched or (self.batched is None and dtype == torch.bfloat16):
+                stacked = torch.stack([updates[i] for i in indices])  # (n, rows, cols)
+                for i, o in zip(indices, newton_schulz(stacked, steps, dtype=dtype), strict=True):
+                    out[i] = o
+            else:
+                for i in indices:
+                    out[i] = newton_schulz(updates[i], steps, dtype=dtype)
         return out
 
     @torch.no_grad()

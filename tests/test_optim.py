@@ -306,3 +306,24 @@ def test_gradient_descent_on_quadratic_converges_at_rate_of_condition():
     s = ill_conditioned_quadratic(condition=10.0, start=(1.0, 1.0))
     path = trajectory(s, lambda p: scratch.SGD(p, lr=0.1), steps=5)
     assert path[-1] == pytest.approx([0.9**5, 0.0], abs=1e-12)
+
+
+def test_muon_batches_by_default_only_in_bf16(monkeypatch):
+    # measured (benchmarks/RESULTS.md): batching helps a bf16 Newton-Schulz, slows an fp32 one
+    dims = []
+    real = scratch.newton_schulz
+
+    def recording(g, *args, **kwargs):
+        dims.append(g.dim())
+        return real(g, *args, **kwargs)
+
+    monkeypatch.setattr(scratch, "newton_schulz", recording)
+    x = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(3))
+    for dtype, dim in ((torch.bfloat16, 3), (torch.float32, 2)):
+        model, dims[:] = tiny_model(), []
+        groups = param_groups(model, 0.1)
+        for g in groups:
+            g["use_muon"] = g["name"] == "decay"
+        F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+        scratch.Muon(groups, lr=1e-2, ns_dtype=dtype).step()
+        assert dims and set(dims) == {dim}, (dtype, dims)
