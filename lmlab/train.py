@@ -385,7 +385,7 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     t0 = time.perf_counter()
     completed = step0  # the last step whose update and row are both recorded
     rng_after = _rng_state(sample_gen, objective_gen, device=device)
-    updating = False  # True from optimizer.step() until that step's row is recorded
+    updating = False  # True from optimizer.step() until that step's bookkeeping is done
 
     def checkpoint(path: Path) -> Path:
         return save_checkpoint(_payload(model, optimizer, scaler, completed, history, rng_after,
@@ -453,20 +453,21 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                                                   eval_ctx, autocast, config.seed + 4)
             row["seconds"] = elapsed0 + time.perf_counter() - t0
             history.append(row)
+            improved = "val_loss" in row and row["val_loss"] < best["val_loss"]
+            if improved:
+                best = {"val_loss": row["val_loss"], "step": step}
+                bad_evals = 0
+            elif "val_loss" in row:
+                bad_evals += 1
             completed = step
             rng_after = _rng_state(sample_gen, objective_gen, device=device)
+            updating = False  # model, optimizer, RNGs and bookkeeping agree again: step done
             if "val_loss" in row:
                 bar.set_postfix(val_loss=f"{row['val_loss']:.3f}")
-                if row["val_loss"] < best["val_loss"]:
-                    best = {"val_loss": row["val_loss"], "step": step}
-                    bad_evals = 0
-                    if config.keep_best:
-                        run.best_path = checkpoint(folder / "best.pt")
-                else:
-                    bad_evals += 1
+            if improved and config.keep_best:
+                run.best_path = checkpoint(folder / "best.pt")
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 run.checkpoint_path = checkpoint(folder / checkpoint_name(step))
-            updating = False
             bar.update(1)
             if callback is not None:
                 callback(row)
