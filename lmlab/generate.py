@@ -15,6 +15,7 @@ import time
 import torch
 from torch import nn
 
+from .device import synchronize
 from .modes import eval_mode
 
 
@@ -115,8 +116,7 @@ def timed_generation(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *
             start = time.perf_counter()
             ids = generate_ids(model, idx, max_new_tokens, temperature, None, generator, use_cache,
                                allowed)
-            if idx.device.type == "cuda":
-                torch.cuda.synchronize(idx.device)
+            synchronize(idx.device)
             times.append(time.perf_counter() - start)
     finally:
         handle.remove()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device import generator_device
+
 IGNORE_INDEX = -100
 
 
@@ -155,7 +157,8 @@ def random_partition(total: int, parts: int, generator: torch.Generator | None =
     if not 1 <= parts <= total:
         raise ValueError(f"cannot split {total} into {parts} positive parts: "
                          "need 1 <= parts <= total.")
-    cuts = (torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).sort().values.tolist()
+    cuts = torch.randperm(total - 1, generator=generator, device=generator_device(generator))
+    cuts = (cuts[: parts - 1] + 1).sort().values.tolist()
     edges = [0, *cuts, total]
     return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
 

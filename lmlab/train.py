@@ -44,7 +44,7 @@ from . import __version__
 from .checkpoint import RNG_KEY, checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
-from .device import autocast_dtype, pick_device
+from .device import autocast_dtype, compile_model, pick_device
 from .modes import eval_mode
 from .objectives import OBJECTIVES, ObjectiveContext, check_objective_fits
 from .optim import build_optimizer, lr_at
@@ -376,7 +376,8 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     else:
         torch.manual_seed(config.seed)  # dropout draws: same seed, same run
 
-    forward_model = torch.compile(model) if config.compile else model
+    forward_model = compile_model(model, config.compile,
+                                  (model_config, config.batch_size, config.objective))
     params = [p for p in model.parameters() if p.requires_grad]
     run = Run(model, config, history)
     tokens_per_step = config.batch_size * block_size * config.grad_accum
