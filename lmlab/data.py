@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import cache_dir
+from .paths import atomic_write, cache_dir
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,19 @@ def _verified(path: Path, source: TextSource) -> Path:
 
 
 def _download(source: TextSource, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source.url, timeout=30) as response:
-            out.write(response.read())
-        _verified(Path(tmp), source)
-        os.replace(tmp, dest)  # atomic: a half-written file is never taken for the corpus
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Fetch ``source.url``, check its sha256 in memory, then write ``dest`` atomically: a
+    failed or wrong download leaves nothing behind."""
+    with urllib.request.urlopen(source.url, timeout=30) as response:
+        content = response.read()
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != source.sha256:
+        raise ValueError(
+            f"the download of {source.filename} from {source.url} does not match the expected "
+            f"sha256 (got {digest[:12]}..., expected {source.sha256[:12]}...; "
+            f"{len(content):,} bytes, expected {source.size:,}); nothing was saved. Try again, or "
+            f"save a good copy as {source.filename} in $LMLAB_DATA_DIR.")
+    with atomic_write(dest) as out:
+        out.write(content)
     return dest
 
 
@@ -73,10 +75,15 @@ def corpus_path(name: str = "tinyshakespeare", *, download: bool = True) -> Path
         raise ValueError(f"unknown corpus {name!r}: expected one of {', '.join(SOURCES)}.")
     source = SOURCES[name]
     data_dir = os.environ.get("LMLAB_DATA_DIR")
-    if data_dir:
-        candidate = Path(data_dir).expanduser() / source.filename
-        if candidate.exists():
-            return _verified(candidate, source)
+    if data_dir:  # a folder named on purpose: it must hold the file, no silent download instead
+        folder = Path(data_dir).expanduser()
+        candidate = folder / source.filename
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"LMLAB_DATA_DIR={data_dir!r} is set, but {folder} holds no {source.filename}. "
+                f"Save {source.url} there as {source.filename}, or unset LMLAB_DATA_DIR to use "
+                f"the cache ({cache_dir() / 'data'}) and download it once.")
+        return _verified(candidate, source)
     cached = cache_dir() / "data" / source.filename
     if cached.exists():
         return _verified(cached, source)
@@ -86,7 +93,7 @@ def corpus_path(name: str = "tinyshakespeare", *, download: bool = True) -> Path
     try:
         return _download(source, cached)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
-        where = f"$LMLAB_DATA_DIR ({data_dir})" if data_dir else "a folder named by $LMLAB_DATA_DIR"
+        where = "a folder named by $LMLAB_DATA_DIR"
         raise FileNotFoundError(
             f"Could not find or download the {name} corpus ({err}). Download {source.url} "
             f"and save it as {source.filename} in {where}, or in {cached.parent}."

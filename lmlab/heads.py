@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import Transformer
+from .modes import eval_mode
 
 POOLINGS = ("cls", "mean")
 
@@ -71,13 +72,11 @@ def frozen_features(model: Transformer, ids: torch.Tensor, key_padding: torch.Te
                     batch_size: int = 256) -> torch.Tensor:
     """Features (N, C) of a frozen model in eval mode, computed in batches on the model's device."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [encode(model, ids[i : i + batch_size].to(device),
-                  key_padding[i : i + batch_size].to(device),
-                  bidirectional=bidirectional, pooling=pooling).float().cpu()
-           for i in range(0, len(ids), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = [encode(model, ids[i : i + batch_size].to(device),
+                      key_padding[i : i + batch_size].to(device),
+                      bidirectional=bidirectional, pooling=pooling).float().cpu()
+               for i in range(0, len(ids), batch_size)]
     return torch.cat(out)  # (N, C)
 
 
@@ -189,8 +188,6 @@ def pair_head_accuracy(model: TransformerWithPairHead, ids: torch.Tensor, key_pa
     (N, T) as :func:`lmlab.pairs.pair_layout` lays them out, labels (N,) (unmasked inputs, eval
     mode on the model's device; restores the mode)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    h = model.hidden(ids.to(device), key_padding=key_padding.to(device))  # (N, T, C)
-    model.train(was_training)
+    with eval_mode(model):
+        h = model.hidden(ids.to(device), key_padding=key_padding.to(device))  # (N, T, C)
     return accuracy(model.pair_head(h[:, 0]).cpu(), labels)
