@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,14 +44,34 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     """The ``step_<N>.pt`` with the largest N in ``folder``, or None."""
-    folder = Path(folder)
+    paths = _steps_newest_first(Path(folder))
+    return paths[0] if paths else None
+
+
+def _steps_newest_first(folder: Path) -> list[Path]:
     found = []
     for p in folder.glob("step_*.pt"):
         try:
             found.append((int(p.stem.split("_", 1)[1]), p))
         except ValueError:
             continue
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def newest_good_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The ``step_<N>.pt`` with the largest N in ``folder`` that loads and holds a model, optimizer
+    and step, or None. A damaged file (truncated, not a checkpoint) is skipped with a warning
+    naming it, and the next older one is tried."""
+    for path in _steps_newest_first(Path(folder)):
+        try:
+            state = load_checkpoint(path)
+            if not isinstance(state, dict) or not {"model", "optimizer", "step"} <= set(state):
+                raise ValueError("it is not an lmlab training checkpoint")
+        except Exception as err:  # noqa: BLE001 - any failure to read means "not good"
+            warnings.warn(f"skipping {path}: it cannot be resumed from ({err}).", stacklevel=2)
+            continue
+        return path
+    return None
 
 
 def load_model(path: str | os.PathLike, map_location="cpu"):

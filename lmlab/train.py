@@ -31,6 +31,7 @@ from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
 from .device import autocast_dtype, pick_device
+from .distributed import DistContext, sync_gradients
 from .objectives import OBJECTIVES, ObjectiveContext
 from .optim import build_optimizer, lr_at
 from .paths import cache_dir
@@ -154,14 +155,18 @@ def _payload(model, optimizer, step, history, rng, model_config, config, tokeniz
 
 
 def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | Path | None = None,
-          callback: Callable[[dict], None] | None = None) -> Run:
+          callback: Callable[[dict], None] | None = None, *,
+          dist: DistContext | None = None) -> Run:
     """Train ``model`` on ``corpus`` as ``config`` says; returns a :class:`Run`.
 
     ``resume``: a checkpoint path; training continues from its step with its model, optimizer and
     RNG states and history, so an interrupted-then-resumed run equals an uninterrupted one (on CPU,
     exactly). ``callback(row)`` is called after every step with that step's history row.
+    ``dist``: this process's place in a data-parallel run under torchrun
+    (:func:`lmlab.distributed.from_environment`); ``None`` trains in one process.
     """
-    device = pick_device(config.device)
+    # --- data parallel (dist): this rank's device -------------------------------------------
+    device = dist.device if dist is not None else pick_device(config.device)
     model.to(device)
     model_config = getattr(model, "config", None)
     model_config = model_config if isinstance(model_config, ModelConfig) else None
@@ -171,9 +176,14 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     tokenizer = corpus.tokenizer
 
     sample_gen = torch.Generator(device=device).manual_seed(config.seed)
-    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    # --- data parallel (dist): per-rank objective randomness, this rank's rows of each batch --
+    seed_offset = dist.seed_offset if dist is not None else 0
+    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + seed_offset)
     eval_gen = torch.Generator(device=device)
-    sampler = BatchSampler(corpus.train, block_size, config.batch_size, device, sample_gen)
+    if dist is not None:
+        sampler = dist.sampler(corpus.train, block_size, config.batch_size, sample_gen)
+    else:
+        sampler = BatchSampler(corpus.train, block_size, config.batch_size, device, sample_gen)
     val_batches = eval_batches(corpus, block_size, config, "val", device)
     train_batches = eval_batches(corpus, block_size, config, "train", device)
     ctx = ObjectiveContext(tokenizer, objective_gen, config.label_smoothing, config.mask_rate,
@@ -197,15 +207,19 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], sample_gen, objective_gen, device=device)
+        if dist is not None:  # --- data parallel (dist): ranks > 0 reseed their own randomness
+            dist.reseed_after_resume(objective_gen, config.seed, int(state["step"]))
         history = [dict(r) for r in state["history"]]
         best = dict(state.get("best") or best)
         step0 = int(state["step"])
         if step0 >= config.steps:
             return Run(model, config, history)
     else:
-        torch.manual_seed(config.seed)  # dropout draws: same seed, same run
+        torch.manual_seed(config.seed + seed_offset)  # dropout draws: same seed, same run
 
-    forward_model = torch.compile(model) if config.compile else model
+    # --- data parallel (dist): DDP runs the forward; `model` (unwrapped) is what is saved -----
+    forward_model = dist.wrap(model) if dist is not None else model
+    forward_model = torch.compile(forward_model) if config.compile else forward_model
     params = [p for p in model.parameters() if p.requires_grad]
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     run = Run(model, config, history)
@@ -219,12 +233,15 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     pending: dict | None = None  # the row of a step whose update is applied but not yet recorded
 
     def checkpoint(path: Path) -> Path:
+        if dist is not None and not dist.is_main:  # --- data parallel (dist): rank 0 writes
+            return path
         return save_checkpoint(_payload(model, optimizer, completed, history, rng_after,
                                         model_config, config, tokenizer, best), path)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step0, disable=not config.progress, desc="train",
+    show_progress = config.progress and (dist is None or dist.is_main)  # --- dist: rank 0
+    bar = tqdm(total=config.steps, initial=step0, disable=not show_progress, desc="train",
                unit="step", leave=True)
     model.train()
     try:
@@ -234,11 +251,13 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = 0.0
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 x, y = sampler.sample()  # (B, T), (B, T)
-                with autocast():
+                # --- data parallel (dist): all-reduce gradients on the last micro-batch only,
+                # and record the loss of the global batch (the mean over ranks)
+                with autocast(), sync_gradients(forward_model, micro, config.grad_accum):
                     loss = objective(forward_model, x, y, ctx)
-                loss_value = float(loss.detach())
+                loss_value = dist.mean(loss) if dist is not None else float(loss.detach())
                 if not math.isfinite(loss_value):
                     path = None
                     if folder is not None:  # the state before this step is still finite
@@ -264,10 +283,13 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
                    "train_loss": loss_sum / config.grad_accum, "grad_norm": grad_norm}
             pending = row  # the update is applied: from here on this step counts
             if step % config.eval_every == 0 or step == config.steps:
-                row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx, autocast,
-                                           config.seed + 4)
-                row["eval_train_loss"] = evaluate(model, train_batches, config.objective, eval_ctx,
-                                                  autocast, config.seed + 4)
+                if dist is None or dist.is_main:  # --- data parallel (dist): rank 0 evaluates
+                    row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx,
+                                               autocast, config.seed + 4)
+                    row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
+                                                      eval_ctx, autocast, config.seed + 4)
+                if dist is not None:
+                    dist.share(row, ("val_loss", "eval_train_loss"))
             row["seconds"] = elapsed0 + time.perf_counter() - t0
             history.append(row)
             pending = None
