@@ -49,6 +49,8 @@ except ModuleNotFoundError:  # Python 3.10: JSON config files only
 
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 HISTORY_NAME = "history.jsonl"
+CORPUS_NAME = "corpus.json"
+"""Written next to the checkpoints: the text they were trained on, so `--resume` finds it."""
 CONFIG_CLASSES = (ModelConfig, TrainConfig)
 FIELDS: dict[str, tuple[type, dataclasses.Field]] = {
     f.name: (cls, f) for cls in CONFIG_CLASSES for f in dataclasses.fields(cls)
@@ -220,8 +222,9 @@ def build_parser(prog: str = "lmlab") -> argparse.ArgumentParser:
                     help="a .toml or .json file whose keys are ModelConfig/TrainConfig fields "
                          "(flags override it)")
     tr.add_argument("--text", metavar="FILE",
-                    help="train on this text file instead of Tiny Shakespeare")
-    tr.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                    help="train on this text file instead of Tiny Shakespeare (a resumed run "
+                         f"reads it from {CORPUS_NAME} next to the checkpoint)")
+    tr.add_argument("--val-fraction", type=float, default=None, metavar="F",
                     help="the last F of the text is the validation split (default: 0.1)")
     tr.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                     help="continue from CHECKPOINT, or alone: from the newest good checkpoint "
@@ -249,14 +252,28 @@ def build_parser(prog: str = "lmlab") -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- train
 
 
-def _corpus(args: argparse.Namespace) -> Corpus:
+def corpus_settings(args: argparse.Namespace, resume: Path | None) -> dict[str, Any]:
+    """``text`` (a file, or None for Tiny Shakespeare) and ``val_fraction``: as given, else as
+    the resumed run had them (its ``corpus.json``), else the defaults."""
+    settings: dict[str, Any] = {"text": None, "val_fraction": 0.1}
+    stored = resume.parent / CORPUS_NAME if resume is not None else None
+    if stored is not None and stored.is_file():
+        settings.update(json.loads(stored.read_text(encoding="utf-8")))
+    if args.text is not None:
+        settings["text"] = str(Path(args.text).resolve())
+    if args.val_fraction is not None:
+        settings["val_fraction"] = args.val_fraction
+    return settings
+
+
+def _corpus(settings: dict[str, Any]) -> Corpus:
     try:
-        if args.text is None:
-            return char_corpus("tinyshakespeare", args.val_fraction)
-        path = Path(args.text)
+        if settings["text"] is None:
+            return char_corpus("tinyshakespeare", settings["val_fraction"])
+        path = Path(settings["text"])
         if not path.is_file():
             raise CommandLineError(f"--text {path}: no such file.")
-        return text_corpus(path.read_text(encoding="utf-8"), path.stem, args.val_fraction)
+        return text_corpus(path.read_text(encoding="utf-8"), path.stem, settings["val_fraction"])
     except (ValueError, FileNotFoundError) as err:
         raise CommandLineError(str(err)) from err
 
@@ -286,8 +303,9 @@ def run_train(args: argparse.Namespace) -> int:
     flag_values = {name: parse_flag_value(name, value) if isinstance(value, str) else value
                    for name, value in vars(args).items() if name in FIELDS}
     file_values = read_config_file(args.config) if args.config else {}
-    corpus = _corpus(args)
     resume = _resume_path(args, file_values, flag_values)
+    settings = corpus_settings(args, resume)
+    corpus = _corpus(settings)
     stored = None
     if resume is not None:
         try:
@@ -314,6 +332,9 @@ def run_train(args: argparse.Namespace) -> int:
         log = None
         if main_process:
             history_path.parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(config.checkpoint_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / CORPUS_NAME).write_text(json.dumps(settings), encoding="utf-8")
             log = history_path.open("w", encoding="utf-8")
             for row in (stored or {}).get("history", []):  # a resumed run's rows so far
                 log.write(json.dumps(row) + "\n")
