@@ -169,6 +169,10 @@ def build_configs(file_values: dict[str, Any], flag_values: dict[str, Any], voca
         raise CommandLineError(
             f"ModelConfig.vocab_size={model_config.vocab_size} is invalid: expected at least "
             f"the corpus's {vocab_size} tokens (leave it out to use exactly those).")
+    if not train_config.checkpoint_dir:
+        raise CommandLineError(
+            f"TrainConfig.checkpoint_dir={train_config.checkpoint_dir!r} is invalid: expected a "
+            "folder path, since the command line writes its checkpoints and history there.")
     if train_config.objective not in DDP_OBJECTIVES:
         raise CommandLineError(
             f"TrainConfig.objective={train_config.objective!r} is not available from the command "
