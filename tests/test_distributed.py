@@ -118,10 +118,22 @@ def test_train_all_reduces_once_per_step_and_matches_plain_training(tmp_path, sm
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in plain_run.history]
 
 
+def torchrun_train(cwd, *args):
+    """`torchrun --standalone --nproc_per_node 2 -m lmlab train ARGS` (gloo on CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "lmlab", "train", *args], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_torchrun_two_processes_equal_one_process(tmp_path, small_text):
     """`torchrun --nproc_per_node 2 -m lmlab train` (gloo, 2 x 2 windows, grad_accum 2) against
     one process with batch 4 drawn from the same windows; then the DDP checkpoint of step 2
-    resumed in one process against the uninterrupted one-process run.
+    resumed in one process, and the one-process checkpoint of step 2 resumed by two processes,
+    against the uninterrupted one-process run.
 
     Tolerance: the runs differ only in float32 summation order (a mean over 2 x 32 positions per
     micro-batch against one over 64; gradients averaged over 2 ranks after the all-reduce). A sum
@@ -140,13 +152,9 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, small_text):
               "--lr", "1e-3", "--warmup-steps", "1", "--steps", "4", "--eval-every", "2",
               "--eval-batches", "1", "--device", "cpu", "--no-progress",
               "--checkpoint-every", "2"]
-    ddp_dir, ref_dir, resumed_dir = tmp_path / "ddp", tmp_path / "ref", tmp_path / "resumed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "lmlab", "train", *common, "--checkpoint-dir", str(ddp_dir)],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    ddp_dir, ref_dir = tmp_path / "ddp", tmp_path / "ref"
+    resumed_dir, ddp_resumed_dir = tmp_path / "resumed", tmp_path / "ddp_resumed"
+    done = torchrun_train(tmp_path, *common, "--checkpoint-dir", str(ddp_dir))
     assert "2 processes (gloo)" in done.stdout
     assert done.stdout.count("step 2/4 |") == 1  # rank 0 alone prints the eval line
     assert sorted(p.name for p in ddp_dir.iterdir()) == ["corpus.json", "history.jsonl",
@@ -158,9 +166,12 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, small_text):
     # the DDP checkpoint of step 2 resumed in one process
     assert main(["train", *common, "--resume", str(ddp_dir / "step_2.pt"),
                  "--checkpoint-dir", str(resumed_dir)]) == 0
+    # and the other way round: the one-process checkpoint of step 2 resumed by two processes
+    torchrun_train(tmp_path, *common, "--resume", str(ref_dir / "step_2.pt"),
+                   "--checkpoint-dir", str(ddp_resumed_dir))
     ref = load_checkpoint(ref_dir / "step_4.pt")
     atol = 1e-6
-    for other in (ddp_dir, resumed_dir):
+    for other in (ddp_dir, resumed_dir, ddp_resumed_dir):
         state = load_checkpoint(other / "step_4.pt")
         for name, value in ref["model"].items():
             torch.testing.assert_close(state["model"][name], value, rtol=0, atol=atol,
