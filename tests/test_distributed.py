@@ -129,6 +129,7 @@ def torchrun_train(cwd, *args):
     return done
 
 
+@pytest.mark.slow  # two torchrun launches: about 10 s of CPU time each
 def test_torchrun_two_processes_equal_one_process(tmp_path, small_text):
     """`torchrun --nproc_per_node 2 -m lmlab train` (gloo, 2 x 2 windows, grad_accum 2) against
     one process with batch 4 drawn from the same windows; then the DDP checkpoint of step 2
