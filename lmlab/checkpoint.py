@@ -66,6 +66,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, KeyError, IndexError, UnicodeDecodeError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if isinstance(err, pickle.UnpicklingError):  # torch's text is about weights_only, which
+            first_line = "not a readable torch.save payload"  # is not the problem here
         raise CheckpointDamaged(
             f"checkpoint {path} is damaged and cannot be loaded ({type(err).__name__}: "
             f"{first_line[:160]}). It may be truncated (a full disk, a crash while another "

@@ -228,12 +228,17 @@ def char_corpus(name: str = "tinyshakespeare", val_fraction: float = 0.1) -> Cor
     not modify them in place)."""
     key = (name, val_fraction)
     if key not in _CORPUS_CACHE:
-        text = load_text(name)
-        tok = CharTokenizer.from_text(text)
-        ids = torch.tensor(tok.encode(text), dtype=torch.long)
-        train, val = split(ids, val_fraction)
-        _CORPUS_CACHE[key] = Corpus(name, tok, train, val)
+        _CORPUS_CACHE[key] = text_corpus(load_text(name), name, val_fraction)
     return _CORPUS_CACHE[key]
+
+
+def text_corpus(text: str, name: str = "text", val_fraction: float = 0.1) -> Corpus:
+    """Tokenize any text character by character and split it (first ``1 - val_fraction`` for
+    training): what :func:`char_corpus` does for a named corpus, for a text of your own."""
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    train, val = split(ids, val_fraction)
+    return Corpus(name, tok, train, val)
 
 
 class BatchSampler:
@@ -242,10 +247,16 @@ class BatchSampler:
     The token tensor is moved to the device once; each batch is a gather there, so no per-step
     host-to-device copy happens. ``sample()`` returns ``x`` (B, T) and ``y`` (B, T) with
     ``y[:, t] = x[:, t + 1]`` in the underlying text.
+
+    ``rows``: keep only these rows of each drawn batch. Data-parallel training gives every rank
+    the same generator and ``rows=slice(r * b, (r + 1) * b)`` (b = B / world size), so the ranks
+    together train on exactly the B windows one process would draw (see
+    :mod:`lmlab.distributed`).
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None):
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                 rows: slice | None = None):
         if len(data) < block_size + 2:
             raise ValueError(
                 f"the data has {len(data)} tokens, too few for windows of block_size={block_size} "
@@ -256,11 +267,12 @@ class BatchSampler:
         self.block_size = block_size
         self.batch_size = batch_size
         self.generator = generator or torch.Generator(device=self.device)
+        self.rows = rows if rows is not None else slice(None)
         self._offsets = torch.arange(block_size + 1, device=self.device)  # (T+1,)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.data) - self.block_size - 1
         starts = torch.randint(0, high + 1, (self.batch_size,), device=self.device,
-                               generator=self.generator)  # (B,)
+                               generator=self.generator)[self.rows]  # (B,) or (b,)
         windows = self.data[starts[:, None] + self._offsets]  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]

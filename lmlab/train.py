@@ -45,6 +45,7 @@ from .checkpoint import RNG_KEY, checkpoint_name, load_checkpoint, save_checkpoi
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
 from .device import autocast_dtype, compile_model, pick_device
+from .distributed import DistContext, sync_gradients
 from .modes import eval_mode
 from .objectives import OBJECTIVES, ObjectiveContext, check_objective_fits
 from .optim import build_optimizer, lr_at
@@ -295,7 +296,8 @@ def _check_fits(model_config: ModelConfig, config: TrainConfig, tokenizer) -> No
 
 
 def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | Path | None = None,
-          callback: Callable[[dict], None] | None = None) -> Run:
+          callback: Callable[[dict], None] | None = None, *,
+          dist: DistContext | None = None) -> Run:
     """Train ``model`` on ``corpus`` as ``config`` says; returns a :class:`Run`.
 
     ``resume``: a checkpoint path; training continues from its step with its model, optimizer,
@@ -310,14 +312,19 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     ``interrupted=True`` and ``checkpoint_path`` set, in ``checkpoint_dir`` or, without one, in a
     folder of its own under ``<cache>/interrupted/``. ``callback(row)`` is called after every
     step with that step's history row (raising KeyboardInterrupt there stops like Ctrl-C).
+
+    ``dist``: this process's place in a data-parallel run under torchrun
+    (:func:`lmlab.distributed.from_environment`); ``None`` trains in one process.
     """
     with _StopRequest() as stop:  # first thing: a Ctrl-C during the setup stops cleanly too
-        return _train(model, corpus, config, resume, callback, stop)
+        return _train(model, corpus, config, resume, callback, stop, dist)
 
 
 def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | Path | None,
-           callback: Callable[[dict], None] | None, stop: _StopRequest) -> Run:
-    device = pick_device(config.device)
+           callback: Callable[[dict], None] | None, stop: _StopRequest,
+           dist: DistContext | None) -> Run:
+    # --- data parallel (dist): this rank's device
+    device = dist.device if dist is not None else pick_device(config.device)
     model_config = getattr(model, "config", None)
     model_config = model_config if isinstance(model_config, ModelConfig) else None
     if model_config is None:
@@ -331,9 +338,14 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     block_size = model_config.block_size
 
     sample_gen = torch.Generator(device=device).manual_seed(config.seed)
-    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    # --- data parallel (dist): per-rank objective randomness, this rank's rows of each batch --
+    seed_offset = dist.seed_offset if dist is not None else 0
+    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + seed_offset)
     eval_gen = torch.Generator(device=device)
-    sampler = BatchSampler(corpus.train, block_size, config.batch_size, device, sample_gen)
+    if dist is not None:
+        sampler = dist.sampler(corpus.train, block_size, config.batch_size, sample_gen)
+    else:
+        sampler = BatchSampler(corpus.train, block_size, config.batch_size, device, sample_gen)
     val_batches = eval_batches(corpus, block_size, config, "val", device)
     train_batches = eval_batches(corpus, block_size, config, "train", device)
     ctx = ObjectiveContext(tokenizer, objective_gen, config.label_smoothing, config.mask_rate,
@@ -369,6 +381,8 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state[RNG_KEY], sample_gen, objective_gen, device=device)
+        if dist is not None:  # --- data parallel (dist): ranks > 0 reseed their own randomness
+            dist.reseed_after_resume(objective_gen, config.seed, int(state["step"]))
         history = [dict(r) for r in state["history"]]
         best = dict(state.get("best") or best)
         bad_evals = int((state.get("loop") or {}).get("bad_evals", 0))
@@ -377,9 +391,11 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
         if step0 >= config.steps or stopped:
             return Run(model, config, history, checkpoint_path=Path(resume), stopped_early=stopped)
     else:
-        torch.manual_seed(config.seed)  # dropout draws: same seed, same run
+        torch.manual_seed(config.seed + seed_offset)  # dropout draws: same seed, same run
 
-    forward_model = compile_model(model, config.compile,
+    # --- data parallel (dist): DDP runs the forward; `model` (unwrapped) is what is saved
+    forward_model = dist.wrap(model) if dist is not None else model
+    forward_model = compile_model(forward_model, config.compile,
                                   (model_config, config.batch_size, config.objective))
     params = [p for p in model.parameters() if p.requires_grad]
     run = Run(model, config, history)
@@ -392,13 +408,15 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     updating = False  # True from optimizer.step() until that step's bookkeeping is done
 
     def checkpoint(path: Path) -> Path:
+        if dist is not None and not dist.is_main:  # --- data parallel (dist): rank 0 writes
+            return path
         return save_checkpoint(_payload(model, optimizer, scaler, completed, history, rng_after,
                                         model_config, config, tokenizer, best, bad_evals), path)
 
     def diverged(step: int, lr: float, what: str) -> TrainingDiverged:
         optimizer.zero_grad(set_to_none=True)
         note = ""
-        if folder is not None:  # the update was not applied: the state is the one before
+        if folder is not None and (dist is None or dist.is_main):  # the state before the update
             payload = _payload(model, optimizer, scaler, completed, history, rng_after,
                                model_config, config, tokenizer, best, bad_evals)
             if _all_finite(payload["model"]) and _all_finite(payload["optimizer"]):
@@ -413,20 +431,24 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step0, disable=not config.progress, desc="train",
+    show_progress = config.progress and (dist is None or dist.is_main)  # --- dist: rank 0
+    bar = tqdm(total=config.steps, initial=step0, disable=not show_progress, desc="train",
                unit="step", leave=True)
     model.train()
     try:
         for step in range(step0 + 1, config.steps + 1):
-            if stop.requested:
+            # --- data parallel (dist): every rank stops at the same step boundary
+            if stop.requested if dist is None else dist.any(stop.requested):
                 raise KeyboardInterrupt
             lr = lr_at(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss_sum = torch.zeros((), device=device)
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 x, y = sampler.sample()  # (B, T), (B, T)
-                with autocast():
+                # --- data parallel (dist): all-reduce gradients on the last micro-batch only,
+                # and record the loss of the global batch (the mean over ranks)
+                with autocast(), sync_gradients(forward_model, micro, config.grad_accum):
                     loss = objective(forward_model, x, y, ctx)
                 loss_sum += loss.detach().float()
                 loss = loss / config.grad_accum
@@ -435,8 +457,10 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                 scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             # one host-device sync per step: the loss and the norm decide whether to update
-            train_loss, grad_norm = torch.stack(
-                [loss_sum / config.grad_accum, norm.float()]).tolist()
+            stats = torch.stack([loss_sum / config.grad_accum, norm.float()])
+            if dist is not None:  # --- data parallel (dist): the global batch's mean loss; the
+                stats[0] = dist.mean(stats[0])  # norms agree already (gradients are averaged)
+            train_loss, grad_norm = stats.tolist()
             if not math.isfinite(train_loss):
                 raise diverged(step, lr, f"training loss became {train_loss}")
             if not math.isfinite(grad_norm) and scaler is None:  # the scaler skips such steps
@@ -451,10 +475,13 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
             row = {"step": step, "tokens": step * tokens_per_step, "lr": lr,
                    "train_loss": train_loss, "grad_norm": grad_norm}
             if step % config.eval_every == 0 or step == config.steps:
-                row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx,
-                                           autocast, config.seed + 4)
-                row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
-                                                  eval_train_ctx, autocast, config.seed + 4)
+                if dist is None or dist.is_main:  # --- data parallel (dist): rank 0 evaluates
+                    row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx,
+                                               autocast, config.seed + 4)
+                    row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
+                                                      eval_train_ctx, autocast, config.seed + 4)
+                if dist is not None:
+                    dist.share(row, ("val_loss", "eval_train_loss"))
             row["seconds"] = elapsed0 + time.perf_counter() - t0
             history.append(row)
             improved = "val_loss" in row and row["val_loss"] < best["val_loss"]
