@@ -14,6 +14,8 @@ import time
 import torch
 from torch import nn
 
+from .device import synchronize
+
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                 generator: torch.Generator | None) -> torch.Tensor:
@@ -102,8 +104,7 @@ def timed_generation(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *
             start = time.perf_counter()
             ids = generate_ids(model, idx, max_new_tokens, temperature, None, generator, use_cache,
                                allowed)
-            if idx.device.type == "cuda":
-                torch.cuda.synchronize(idx.device)
+            synchronize(idx.device)
             times.append(time.perf_counter() - start)
     finally:
         handle.remove()

@@ -30,7 +30,7 @@ from . import __version__
 from .checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
-from .device import autocast_dtype, pick_device
+from .device import autocast_dtype, compile_model, pick_device
 from .objectives import OBJECTIVES, ObjectiveContext
 from .optim import build_optimizer, lr_at
 from .paths import cache_dir
@@ -205,7 +205,8 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     else:
         torch.manual_seed(config.seed)  # dropout draws: same seed, same run
 
-    forward_model = torch.compile(model) if config.compile else model
+    forward_model = compile_model(model, config.compile,
+                                  (model_config, config.batch_size, config.objective))
     params = [p for p in model.parameters() if p.requires_grad]
     folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     run = Run(model, config, history)
