@@ -75,10 +75,15 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], max_iter: int = 500,
         r = _residuals(theta, log_x, y)
         j = _jacobian(theta, log_x)
         jtj = j.T @ j
-        step = np.linalg.solve(jtj + damping * np.diag(np.diag(jtj) + 1e-12), -j.T @ r)
-        candidate = theta + step
-        new_cost = float(np.sum(_residuals(candidate, log_x, y) ** 2))
-        if new_cost < cost:
+        try:
+            step = np.linalg.solve(jtj + damping * np.diag(np.diag(jtj) + 1e-12), -j.T @ r)
+        except np.linalg.LinAlgError:  # a degenerate direction: damp harder and try again
+            step = None
+        if step is not None:
+            candidate = theta + step
+            with np.errstate(over="ignore", invalid="ignore"):
+                new_cost = float(np.sum(_residuals(candidate, log_x, y) ** 2))
+        if step is not None and np.isfinite(new_cost) and new_cost < cost:
             converged = cost - new_cost <= tol * max(cost, 1e-30)
             theta, cost, damping = candidate, new_cost, damping / 3
             if converged:
