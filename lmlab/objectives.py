@@ -419,3 +419,24 @@ PREDICTS = {
     "mlm_nsp": "the masked characters, plus whether segment B follows A",
 }
 """What each objective's loss scores, in words (its unit is nats per predicted character)."""
+
+NEEDS_CAUSAL_MODEL = {"clm": True, "mlm": False, "mlm_sop": False, "mlm_nsp": False,
+                      "prefix": None, "span": None}
+"""Which attention each objective needs from ``ModelConfig.causal``: ``True`` (CLM: with a
+bidirectional model each position would see the token it predicts, a leak, not learning),
+``False`` (the MLM family: a causal model cannot read the right-hand context of a mask), ``None``
+(prefix LM and span corruption pass their own prefix mask and fit either)."""
+
+
+def check_objective_fits(objective: str, causal: bool) -> None:
+    """ValueError naming both when ``objective`` cannot train a model with ``causal``."""
+    needs = NEEDS_CAUSAL_MODEL.get(objective)
+    if needs is None or needs == causal:
+        return
+    model = "causal (GPT-style)" if causal else "bidirectional (BERT-style)"
+    why = ("each position must see only the tokens before the one it predicts" if needs
+           else "it reads both sides of each masked token")
+    raise ValueError(
+        f"objective={objective!r} does not fit a {model} model (ModelConfig.causal={causal}): "
+        f"{why}. Build the model with ModelConfig(causal={needs}), or pick an objective that "
+        "fits.")
