@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import eval_mode
+
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            mask: torch.Tensor | None) -> None:
@@ -146,10 +148,8 @@ def attention_maps(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     if idx.dim() != 2 or idx.size(0) != 1:
         raise ValueError(f"attention_maps takes one sequence, (T,) or (1, T); "
                          f"got {tuple(idx.shape)}.")
-    was_training = model.training
-    model.eval()
-    _, weights = model(idx, return_attention=True)  # L x (1, H, T, T)
-    model.train(was_training)
+    with eval_mode(model):
+        _, weights = model(idx, return_attention=True)  # L x (1, H, T, T)
     return torch.stack([w[0] for w in weights])  # (L, H, T, T)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import Transformer
+from .modes import eval_mode
 
 POOLINGS = ("cls", "mean")
 
@@ -71,13 +72,11 @@ def frozen_features(model: Transformer, ids: torch.Tensor, key_padding: torch.Te
                     batch_size: int = 256) -> torch.Tensor:
     """Features (N, C) of a frozen model in eval mode, computed in batches on the model's device."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [encode(model, ids[i : i + batch_size].to(device),
-                  key_padding[i : i + batch_size].to(device),
-                  bidirectional=bidirectional, pooling=pooling).float().cpu()
-           for i in range(0, len(ids), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = [encode(model, ids[i : i + batch_size].to(device),
+                      key_padding[i : i + batch_size].to(device),
+                      bidirectional=bidirectional, pooling=pooling).float().cpu()
+               for i in range(0, len(ids), batch_size)]
     return torch.cat(out)  # (N, C)
 
 
@@ -183,15 +182,12 @@ def classifier_accuracy(model: SequenceClassifier, ids: torch.Tensor, key_paddin
 
 
 @torch.no_grad()
-def pair_head_accuracy(model: TransformerWithPairHead, x: torch.Tensor, tokenizer, task: str,
-                       generator: torch.Generator | None = None) -> float:
-    """Accuracy of ``model.pair_head`` on NSP or SOP pairs built from windows x (B, T) by
-    :func:`lmlab.objectives.window_pairs` (unmasked inputs, eval mode; restores the mode)."""
-    from .objectives import window_pairs
-
-    was_training = model.training
-    model.eval()
-    ids, labels = window_pairs(x, tokenizer, task, generator)  # (B, T), (B,)
-    h = model.hidden(ids, key_padding=ids != tokenizer.pad_id)  # (B, T, C)
-    model.train(was_training)
-    return accuracy(model.pair_head(h[:, 0]), labels)
+def pair_head_accuracy(model: TransformerWithPairHead, ids: torch.Tensor, key_padding: torch.Tensor,
+                       labels: torch.Tensor) -> float:
+    """Accuracy of ``model.pair_head`` on encoded NSP or SOP pairs: ids (N, T) and key_padding
+    (N, T) as :func:`lmlab.pairs.pair_layout` lays them out, labels (N,) (unmasked inputs, eval
+    mode on the model's device; restores the mode)."""
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        h = model.hidden(ids.to(device), key_padding=key_padding.to(device))  # (N, T, C)
+    return accuracy(model.pair_head(h[:, 0]).cpu(), labels)

@@ -9,7 +9,11 @@ speaker's name and a colon (``ROMEO:``) followed by the lines spoken. From that:
   (A, random line) labelled 0;
 * :func:`sop_examples` -> sentence-order prediction (Lan et al. 2020): (A, B) labelled 1, or
   (B, A) labelled 0;
-* :func:`encode_pairs` -> ``[CLS] A [SEP] B [SEP]`` id tensors for a pair head;
+* :func:`encode_pairs` -> ``[CLS] A [SEP] B [SEP]`` id tensors for a pair head (the layout of
+  :func:`pair_layout`);
+* :func:`line_pair_bank` -> the same pairs read straight from a token-id tensor, so that the
+  ``mlm_nsp`` / ``mlm_sop`` objectives train on whole lines (the junction is a line break, never
+  a cut through a word) and draw a batch of NSP or SOP pairs in one gather;
 * :func:`speaker_dataset` -> the downstream probe: which of the K most frequent speakers says a
   given speech (balanced classes, so chance is exactly 1 / K).
 """
@@ -92,24 +96,152 @@ def sop_examples(pairs: list[tuple[str, str]], generator: torch.Generator | None
     return [(a, b, 1) if label else (b, a, 0) for (a, b), label in zip(pairs, labels, strict=True)]
 
 
-def encode_pairs(examples: list[tuple[str, str, int]], tokenizer, t: int,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[CLS] first [SEP] second [SEP] [PAD]...`` in a window of t tokens.
+def pair_layout(first: torch.Tensor, second: torch.Tensor, tokenizer, t: int) -> torch.Tensor:
+    """``[CLS] first [SEP] second [SEP] [PAD]...`` for segments of s tokens each, (N, t).
 
-    Each segment is cut to s = (t - 3) // 2 characters: the end of the first and the start of the
-    second, so the junction, where order shows, is kept. Returns ids (N, t), key_padding (N, t)
-    (True at real tokens) and labels (N,).
+    ``first`` (N, s) holds the *end* of a line, left-padded with [PAD]; ``second`` (N, s) the
+    *start* of a line, right-padded. The junction (where order shows) always sits at position
+    s + 1; [PAD] inside a slot is masked out by the key padding like any other. Needs t >= 2s + 3.
     """
+    n, s = first.shape
+    if second.shape != first.shape or t < 2 * s + 3:
+        raise ValueError(f"pair_layout needs two (N, s) segments and t >= 2s + 3; got "
+                         f"{tuple(first.shape)}, {tuple(second.shape)}, t={t}.")
+
+    def col(token_id):
+        return torch.full((n, 1), token_id, dtype=first.dtype, device=first.device)
+
+    pad = torch.full((n, t - 2 * s - 3), tokenizer.pad_id, dtype=first.dtype, device=first.device)
+    return torch.cat([col(tokenizer.cls_id), first, col(tokenizer.sep_id), second,
+                      col(tokenizer.sep_id), pad], dim=1)  # (N, t)
+
+
+def segment_length(t: int) -> int:
+    """s = (t - 3) // 2: the characters kept of each line in a window of t tokens."""
     s = (t - 3) // 2
     if s < 1:
         raise ValueError(f"t={t} is too short for a pair: need t >= 5.")
-    ids = torch.full((len(examples), t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
+    return s
+
+
+def encode_pairs(examples: list[tuple[str, str, int]], tokenizer, t: int,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first, second, label) examples -> the :func:`pair_layout` of a window of t tokens.
+
+    Each line is cut to s = (t - 3) // 2 characters: the end of the first and the start of the
+    second, so the junction is kept. Returns ids (N, t), key_padding (N, t) (True at real tokens)
+    and labels (N,).
+    """
+    s = segment_length(t)
+    first = torch.full((len(examples), s), tokenizer.pad_id, dtype=torch.long)  # (N, s)
+    second = torch.full((len(examples), s), tokenizer.pad_id, dtype=torch.long)  # (N, s)
     for row, (a, b, _) in enumerate(examples):
-        seq = [tokenizer.cls_id, *tokenizer.encode(a[-s:]), tokenizer.sep_id,
-               *tokenizer.encode(b[:s]), tokenizer.sep_id]
-        ids[row, : len(seq)] = torch.tensor(seq)
+        tail, head = tokenizer.encode(a[-s:]), tokenizer.encode(b[:s])
+        if tail:
+            first[row, s - len(tail):] = torch.tensor(tail)
+        if head:
+            second[row, : len(head)] = torch.tensor(head)
+    ids = pair_layout(first, second, tokenizer, t)  # (N, t)
     labels = torch.tensor([label for *_, label in examples], dtype=torch.long)  # (N,)
     return ids, ids != tokenizer.pad_id, labels
+
+
+PAIR_TASKS = ("nsp", "sop")
+
+
+@dataclass
+class LinePairBank:
+    """Lines of a token-id text and the pairs of consecutive lines of one speech.
+
+    heads (L, s): the first s ids of each line, right-padded with [PAD]; tails (L, s): its last s
+    ids, left-padded; text_lines (M,): the lines that are neither blank nor a speaker's name,
+    ascending; pair_first (P,): the text lines i whose line i + 1 is a text line too (one speech).
+    """
+
+    heads: torch.Tensor
+    tails: torch.Tensor
+    text_lines: torch.Tensor
+    pair_first: torch.Tensor
+
+    def sample(self, n: int, task: str, tokenizer, t: int, generator: torch.Generator | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n pairs for ``task``, as :func:`pair_layout` ids (n, t) and labels (n,), 1 = in order.
+
+        Each draw picks a pair (A, B) of consecutive lines uniformly and a label from a fair coin.
+        Label 1: (end of A, start of B). Label 0: for ``sop`` the same two lines swapped, (end of
+        B, start of A); for ``nsp`` (end of A, start of a random text line R, R not A or B).
+        Both classes put a line end before the middle [SEP] and a line start after it.
+        """
+        if task not in PAIR_TASKS:
+            raise ValueError(f"task={task!r} is invalid: expected one of {PAIR_TASKS}.")
+        device = self.heads.device
+        pick = torch.randint(0, len(self.pair_first), (n,), generator=generator, device=device)
+        labels = (torch.rand(n, generator=generator, device=device) < 0.5).long()  # (n,)
+        keep = labels.bool()[:, None]  # (n, 1)
+        a = self.pair_first[pick]  # (n,) line index of A; B is a + 1
+        b = a + 1
+        if task == "sop":
+            first = torch.where(keep, self.tails[a], self.tails[b])  # (n, s)
+            second = torch.where(keep, self.heads[b], self.heads[a])
+        else:
+            m = len(self.text_lines)
+            j = torch.randint(0, m, (n,), generator=generator, device=device)  # (n,)
+            r = self.text_lines[j]
+            clash = (r == a) | (r == b)  # then two text lines further on: never A or B
+            r = torch.where(clash, self.text_lines[(j + 2) % m], r)
+            first = self.tails[a]
+            second = torch.where(keep, self.heads[b], self.heads[r])
+        return pair_layout(first, second, tokenizer, t), labels
+
+
+def line_pair_bank(ids: torch.Tensor, tokenizer, s: int) -> LinePairBank:
+    """The lines of a 1-D token-id text ``ids`` (N,) as a :class:`LinePairBank` with segments of s.
+
+    A line is the text between two newlines. Blank lines separate speeches and a line ending in
+    ``:`` names the speaker, so a pair (i, i + 1) is kept only when neither line is blank or a
+    speaker line: two consecutive lines of one speech, as :func:`line_pairs` gives from the text.
+    """
+    if ids.dim() != 1:
+        raise ValueError(f"line_pair_bank takes a 1-D id tensor, got shape {tuple(ids.shape)}.")
+    if "\n" not in tokenizer.stoi:
+        raise ValueError("line_pair_bank splits a text into lines, but this tokenizer has no "
+                         "newline character: build it from a text with line breaks.")
+    newline, colon = tokenizer.stoi["\n"], tokenizer.stoi.get(":", -1)  # -1: no speaker lines
+    breaks = (ids == newline).nonzero().flatten()  # (K,) positions of the newlines
+    starts, ends = breaks[:-1] + 1, breaks[1:]  # (L,) each line is ids[start:end]
+    length = ends - starts  # (L,)
+    text_line = (length > 0) & (ids[(ends - 1).clamp_min(0)] != colon)  # (L,)
+    pair_first = (text_line[:-1] & text_line[1:]).nonzero().flatten()  # (P,)
+    if len(pair_first) < 1 or int(text_line.sum()) < 3:
+        raise ValueError("the text has no two consecutive lines of one speech to pair; give "
+                         "line_pair_bank a longer text with line breaks.")
+    offsets = torch.arange(s, device=ids.device)  # (s,)
+    head_idx = starts[:, None] + offsets  # (L, s)
+    tail_idx = ends[:, None] - s + offsets  # (L, s)
+    pad = torch.full_like(head_idx, tokenizer.pad_id)
+    heads = torch.where(offsets < length[:, None], ids[head_idx.clamp(max=len(ids) - 1)], pad)
+    tails = torch.where(tail_idx >= starts[:, None], ids[tail_idx.clamp_min(0)], pad)
+    return LinePairBank(heads, tails, text_line.nonzero().flatten(), pair_first)
+
+
+def junction_bigram_accuracy(train_ids: torch.Tensor, train_labels: torch.Tensor,
+                             test_ids: torch.Tensor, test_labels: torch.Tensor, s: int) -> float:
+    """Test accuracy of the simplest order cue: the two characters around the middle [SEP].
+
+    Ids (N, t) in the :func:`pair_layout` of segments of s (the junction is ids[:, s] and
+    ids[:, s + 2]). Each training junction bigram votes for its labels; a test pair gets the
+    majority label of its bigram (label 1 for a bigram never seen, or a tie). A pair task whose
+    junction is a cut through a word is largely solved by this; one whose segments are whole lines
+    leaves it only what line ends and line starts say (punctuation, capitals).
+    """
+    big = int(max(train_ids.max(), test_ids.max())) + 1  # ids lie in [0, big)
+    train_codes = train_ids[:, s].long() * big + train_ids[:, s + 2].long()  # (N,) one per bigram
+    test_codes = test_ids[:, s].long() * big + test_ids[:, s + 2].long()  # (M,)
+    votes = torch.zeros(big * big, 2)  # (bigram, label) counts
+    votes.index_put_((train_codes, train_labels.long()), torch.ones(len(train_codes)),
+                     accumulate=True)
+    predicted = (votes[test_codes, 0] <= votes[test_codes, 1]).long()  # (M,) ties -> 1
+    return float((predicted == test_labels).float().mean())
 
 
 def words(text: str) -> set[str]:
@@ -167,8 +299,10 @@ class SpeakerData:
     labels: torch.Tensor
     names: list[str]
 
-    def split(self, test_fraction: float, generator: torch.Generator | None = None):
-        """(train, test) with a seeded random split, stratified so each keeps balanced classes."""
+    def split_indices(self, test_fraction: float, generator: torch.Generator | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train rows, test rows) of a seeded random split, stratified so each keeps balanced
+        classes: round(n_c * test_fraction) (at least 1) rows of each class c go to the test set."""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction={test_fraction!r} is invalid: expected (0, 1).")
         train_idx, test_idx = [], []
@@ -179,8 +313,13 @@ class SpeakerData:
             n_test = max(1, round(len(idx) * test_fraction))
             test_idx.append(idx[:n_test])
             train_idx.append(idx[n_test:])
+        return torch.cat(train_idx), torch.cat(test_idx)
+
+    def split(self, test_fraction: float, generator: torch.Generator | None = None):
+        """(train, test) SpeakerData of :meth:`split_indices`."""
+        train_idx, test_idx = self.split_indices(test_fraction, generator)
         pick = lambda i: SpeakerData(self.ids[i], self.key_padding[i], self.labels[i], self.names)  # noqa: E731
-        return pick(torch.cat(train_idx)), pick(torch.cat(test_idx))
+        return pick(train_idx), pick(test_idx)
 
 
 def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speaker: int = 100,

@@ -82,15 +82,17 @@ def test_pair_head_shape_and_init():
 def test_pair_head_accuracy_of_a_constant_head_is_the_share_of_its_class():
     from lmlab.data import CharTokenizer
     from lmlab.heads import pair_head_accuracy
-    from lmlab.objectives import window_pairs
+    from lmlab.pairs import line_pair_bank
 
-    tok = CharTokenizer.from_text("abcdefghij")
+    tok = CharTokenizer.from_text("abcdefghij\n")
     model = transformer_with_pair_head(tiny(vocab_size=tok.vocab_size, block_size=16))
     with torch.no_grad():
         model.pair_head.weight.zero_()
         model.pair_head.bias.copy_(torch.tensor([0.0, 1.0]))  # always "in order"
-    x = torch.randint(0, tok.n_chars, (64, 16), generator=torch.Generator().manual_seed(0))
+    text = torch.randint(0, tok.n_chars, (600,), generator=torch.Generator().manual_seed(0))
+    bank = line_pair_bank(text, tok, 6)
     for task in ("nsp", "sop"):
-        _, labels = window_pairs(x, tok, task, torch.Generator().manual_seed(5))
-        acc = pair_head_accuracy(model, x, tok, task, torch.Generator().manual_seed(5))
+        ids, labels = bank.sample(64, task, tok, 16, torch.Generator().manual_seed(5))
+        acc = pair_head_accuracy(model, ids, ids != tok.pad_id, labels)
         assert acc == pytest.approx(labels.float().mean().item(), abs=1e-9)
+        assert 0.2 < acc < 0.8  # both classes present, so a constant head is not always right

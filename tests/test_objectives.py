@@ -25,13 +25,17 @@ from lmlab.objectives import (
     prefix_lm_labels,
     prefix_lm_mask,
     random_partition,
+    random_partitions,
     span_corruption,
     span_corruption_batch,
     span_counts,
-    window_pairs,
+    span_layout,
+    span_source_length,
 )
 
-TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n")
+TOK = CharTokenizer.from_text("abcdefghijklmnopqrstuvwxyz .\n:")
+LINES = torch.tensor(TOK.encode("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\nb:\n"
+                                "so it goes\nand went\n"))  # two speeches, one text of ids
 
 
 def tiny(**kw) -> ModelConfig:
@@ -118,23 +122,95 @@ def test_span_batch_predicts_only_the_target():
         assert torch.equal(labels[row, real][:-1], inputs[row, p : p + int(real.sum()) - 1])
 
 
+def reference_span_layout(x: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor) -> list:
+    """Rows of source + target built one span at a time in Python (the layout's definition)."""
+    rows = []
+    for row, noise_row, keep_row in zip(x.tolist(), noise.tolist(), keep.tolist(), strict=True):
+        source, target, start = [], [], 0
+        for k, n in zip(keep_row, noise_row, strict=True):
+            source += [*row[start : start + k], TOK.mask_id]
+            target += [TOK.mask_id, *row[start + k : start + k + n]]
+            start += k + n
+        rows.append([*source, TOK.sep_id, *target, TOK.sep_id])
+    return rows
+
+
+def test_span_layout_equals_the_span_by_span_construction():
+    x = torch.randint(0, TOK.n_chars, (16, 40), generator=torch.Generator().manual_seed(4))
+    n_noise, n_spans = span_counts(40, 0.15, 3.0)
+    g = torch.Generator().manual_seed(5)
+    noise = random_partitions(n_noise, n_spans, 16, g)  # the draws span_layout makes, in order
+    keep = random_partitions(40 - n_noise, n_spans, 16, g)
+    seq, source_len = span_layout(x, TOK, 0.15, 3.0, torch.Generator().manual_seed(5))
+    assert seq.tolist() == reference_span_layout(x, noise, keep)
+    assert source_len == 40 - n_noise + n_spans + 1
+
+
+def test_random_partitions_are_uniform_compositions():
+    # A uniform composition of N into k positive parts has P(first part = j) =
+    # C(N - j - 1, k - 2) / C(N - 1, k - 1) (the other k - 1 parts compose N - j). With n rows the
+    # observed frequency of j has standard deviation sqrt(p (1 - p) / n): allow 4 of them.
+    total, parts, n = 10, 3, 4000
+    lengths = random_partitions(total, parts, n, torch.Generator().manual_seed(6))
+    assert lengths.shape == (n, parts) and (lengths >= 1).all() and (lengths.sum(1) == total).all()
+    first = torch.bincount(lengths[:, 0], minlength=total)
+    for j in range(1, total - parts + 2):
+        p = math.comb(total - j - 1, parts - 2) / math.comb(total - 1, parts - 1)
+        assert abs(float(first[j]) / n - p) < 4 * math.sqrt(p * (1 - p) / n), (j, p)
+    # the parts are exchangeable: the mean of each is total / parts, within 4 standard errors
+    sd = lengths.float().std(0) / math.sqrt(n)
+    assert ((lengths.float().mean(0) - total / parts).abs() < 4 * sd).all()
+
+
+def test_span_batch_statistics():
+    # corruption rate and mean span length are fixed by span_counts, not sampled: every row of
+    # every batch removes exactly n_noise of its L characters in exactly n_spans spans.
+    t, rate = 64, 0.15
+    length = span_source_length(t, rate, 3.0)
+    n_noise, n_spans = span_counts(length, rate, 3.0)
+    x = torch.randint(0, TOK.n_chars, (200, t), generator=torch.Generator().manual_seed(7))
+    inputs, labels, prefix_len = span_corruption_batch(x, TOK, rate, 3.0,
+                                                       torch.Generator().manual_seed(8))
+    target = labels[:, prefix_len[0] - 1 :]  # (B, target length + padding)
+    hidden = (target != IGNORE_INDEX) & (target != TOK.mask_id) & (target != TOK.sep_id)
+    sentinels = target == TOK.mask_id
+    assert (hidden.sum(1) == n_noise).all() and (sentinels.sum(1) == n_spans).all()
+    assert hidden.sum(1).float().mean() / length == n_noise / length  # corruption rate
+    assert abs(n_noise / length - rate) <= 0.5 / length  # round(L * rate)
+    assert abs(n_noise / n_spans - 3.0) < 1.0  # mean span length, round(n_noise / 3) spans
+    assert (prefix_len == length - n_noise + n_spans + 1).all()
+
+
 @pytest.mark.parametrize("task", ["sop", "nsp"])
-def test_window_pairs_layout_and_labels(task):
-    g = torch.Generator().manual_seed(0)
-    x = torch.arange(8 * 19).view(8, 19) % TOK.n_chars  # (B, T=19): s = 8
-    ids, labels = window_pairs(x, TOK, task, g)
-    assert ids.shape == (8, 19)
-    assert (ids[:, 0] == TOK.cls_id).all() and (ids[:, 9] == TOK.sep_id).all()
-    assert (ids[:, 18] == TOK.sep_id).all()
-    for b in range(8):
-        a_seg, b_seg = x[b, :8], x[b, 8:16]
-        first, second = ids[b, 1:9], ids[b, 10:18]
-        if labels[b] == 1:
-            assert torch.equal(first, a_seg) and torch.equal(second, b_seg)
-        elif task == "sop":
-            assert torch.equal(first, b_seg) and torch.equal(second, a_seg)
-        else:
-            assert torch.equal(first, a_seg) and torch.equal(second, x[(b - 1) % 8, 8:16])
+def test_pair_objectives_train_on_the_line_pairs_of_the_text(task, monkeypatch):
+    """The MLM + pair inputs are pairs of whole lines drawn from ctx.pair_text: the junction is a
+    line break. Windows cut from running text (the old layout) fail every check below."""
+    import lmlab.objectives as objectives
+
+    seen = []
+    real_mask_tokens = objectives.mask_tokens
+
+    def recording_mask_tokens(ids, *args):  # what the objective masks: the uncorrupted pairs
+        seen.append(ids)
+        return real_mask_tokens(ids, *args)
+
+    monkeypatch.setattr(objectives, "mask_tokens", recording_mask_tokens)
+    torch.manual_seed(0)
+    model = transformer_with_pair_head(tiny(causal=False, block_size=19))  # s = 8
+    x = torch.randint(0, TOK.n_chars, (64, 19))  # only its shape is used
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(1), pair_text=LINES)
+    mlm_pair_losses(model, x, ctx, task)
+    lines = ["the cat sat", "on the mat", "and the dog", "ran off.", "so it goes", "and went"]
+    heads_, tails = {line[:8] for line in lines}, {line[-8:] for line in lines}
+    (ids,) = seen
+    assert ids.shape == (64, 19)
+    for row in ids:
+        assert row[0] == TOK.cls_id and row[9] == TOK.sep_id and row[18] == TOK.sep_id
+        first, second = row[1:9], row[10:18]
+        assert TOK.decode(first[first != TOK.pad_id]) in tails
+        assert TOK.decode(second[second != TOK.pad_id]) in heads_
+    with pytest.raises(ValueError, match="pair_text"):
+        mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator()), task)
 
 
 def test_pair_and_combined_losses_against_cross_entropy():
@@ -151,9 +227,9 @@ def test_mlm_sop_objective_combines_with_lambda():
     torch.manual_seed(0)
     model = transformer_with_pair_head(tiny(causal=False))
     x = torch.randint(0, TOK.n_chars, (4, 16))
-    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7)
-    mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3)),
-                                "sop")
+    ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7, pair_text=LINES)
+    mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3),
+                                                           pair_text=LINES), "sop")
     total = OBJECTIVES["mlm_sop"](model, x, x, ctx)
     torch.testing.assert_close(total, mlm + 0.7 * pair, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="pair_head"):
@@ -167,7 +243,8 @@ def test_new_objectives_start_near_uniform_and_backpropagate(name):
     model = build(tiny(causal=name in ("prefix", "span"), block_size=32))
     w = torch.randint(0, TOK.n_chars, (8, 33))
     x, y = w[:, :-1], w[:, 1:]  # (B, T) windows and next-token targets
-    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0)))
+    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0),
+                                                          pair_text=LINES))
     expected = math.log(TOK.vocab_size) + (math.log(2) if name.startswith("mlm_") else 0.0)
     assert loss.item() == pytest.approx(expected, rel=0.05)  # small init: near-uniform outputs
     loss.backward()
@@ -229,3 +306,25 @@ def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
     keep = torch.arange(12)[None, :] >= (p[:, None] - 1)  # (3, 12) scored positions
     ref = F.cross_entropy(logits[keep], y[keep])  # PyTorch on exactly the scored positions
     torch.testing.assert_close(loss, ref, rtol=0, atol=1e-6)
+
+
+def test_pair_objective_losses_are_rescored_exactly_from_the_split_they_came_from():
+    """train() draws the pairs of val_loss from the validation text and those of eval_train_loss
+    from the training text; regularization.validation_loss must draw the same ones."""
+    from lmlab import TrainConfig
+    from lmlab.data import Corpus
+    from lmlab.regularization import validation_loss
+    from lmlab.train import train
+
+    text = torch.tensor(TOK.encode(("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\n"
+                                    "b:\nso it goes\nand went\nto sea.\n\n") * 12))
+    corpus = Corpus("lines", TOK, text[: len(text) * 3 // 4], text[len(text) * 3 // 4 :])
+    torch.manual_seed(0)
+    model = transformer_with_pair_head(tiny(causal=False, block_size=19))
+    tc = TrainConfig(steps=3, batch_size=8, lr=1e-3, warmup_steps=1, eval_every=3, eval_batches=2,
+                     objective="mlm_sop", progress=False, device="cpu")
+    run = train(model, corpus, tc)
+    last = run.history[-1]
+    assert validation_loss(model, corpus, tc) == pytest.approx(last["val_loss"], abs=1e-6)
+    assert validation_loss(model, corpus, tc, "train") == pytest.approx(last["eval_train_loss"],
+                                                                         abs=1e-6)

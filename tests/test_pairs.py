@@ -6,6 +6,7 @@ import torch
 from lmlab.data import CharTokenizer
 from lmlab.pairs import (
     encode_pairs,
+    line_pair_bank,
     line_pairs,
     nsp_examples,
     order_blind_features,
@@ -48,11 +49,37 @@ def test_nsp_and_sop_examples_are_balanced_and_correct():
 
 
 def test_encode_pairs_layout():
-    ids, key_padding, labels = encode_pairs([("abcdefgh", "xyz", 1)], TOK, 11)  # s = 4
-    expected = [TOK.cls_id, *TOK.encode("efgh"), TOK.sep_id, *TOK.encode("xyz"), TOK.sep_id,
-                TOK.pad_id]
-    assert ids[0].tolist() == expected and labels.tolist() == [1]
-    assert key_padding[0].tolist() == [True] * 10 + [False]
+    ids, key_padding, labels = encode_pairs([("abcdefgh", "xyz", 1), ("ab", "wxyzw", 0)], TOK,
+                                            12)  # s = 4
+    p, c, e = TOK.pad_id, TOK.cls_id, TOK.sep_id
+    assert ids[0].tolist() == [c, *TOK.encode("efgh"), e, *TOK.encode("xyz"), p, e, p]
+    assert ids[1].tolist() == [c, p, p, *TOK.encode("ab"), e, *TOK.encode("wxyz"), e, p]
+    assert labels.tolist() == [1, 0] and torch.equal(key_padding, ids != p)
+
+
+@pytest.mark.parametrize("task", ["nsp", "sop"])
+def test_line_pair_bank_draws_whole_lines_of_one_speech(task):
+    ids = torch.tensor(TOK.encode(PLAY))
+    bank = line_pair_bank(ids, TOK, 4)
+    pairs = line_pairs(speeches(PLAY))
+    text = {line for pair in pairs for line in pair} | {"Ay me!", "no speaker line here"}
+    assert [TOK.decode(bank.heads[i][bank.heads[i] != TOK.pad_id]) for i in bank.text_lines] == [
+        line[:4] for line in sorted(text, key=PLAY.index)]
+    consecutive = {(a[-4:], b[:4]) for a, b in pairs}
+    tails = {a[-4:] for a, _ in pairs}
+    out, labels = bank.sample(400, task, TOK, 11, torch.Generator().manual_seed(0))
+    assert out.shape == (400, 11) and 150 < int(labels.sum()) < 250  # a fair coin: 200 +- 5 sd
+    decode = lambda row: TOK.decode(row[row != TOK.pad_id])  # noqa: E731
+    for row, label in zip(out, labels.tolist(), strict=True):
+        assert row[0] == TOK.cls_id and row[5] == TOK.sep_id and row[10] == TOK.sep_id
+        first, second = decode(row[1:5]), decode(row[6:10])
+        if label:
+            assert (first, second) in consecutive
+        elif task == "sop":  # the same two lines, swapped
+            assert (second, first) in {(a[:4], b[-4:]) for a, b in pairs}
+        else:  # A's end, then the start of another text line that is not A's successor
+            assert first in tails and (first, second) not in consecutive
+            assert second in {line[:4] for line in text}
 
 
 def test_order_blind_features_are_symmetric_and_hand_checked():
@@ -80,3 +107,16 @@ def test_split_is_stratified():
     train, test = data.split(0.25, torch.Generator().manual_seed(0))
     assert torch.bincount(test.labels).tolist() == [2, 2, 2, 2]  # round(10 * 0.25) = 2 (even)
     assert torch.bincount(train.labels).tolist() == [8, 8, 8, 8]
+
+
+def test_junction_bigram_accuracy_hand_computed():
+    from lmlab.pairs import junction_bigram_accuracy
+
+    def pair(a, b):  # s = 1: [CLS] a [SEP] b [SEP]
+        return [TOK.cls_id, TOK.stoi[a], TOK.sep_id, TOK.stoi[b], TOK.sep_id]
+
+    train = torch.tensor([pair("a", "b"), pair("a", "b"), pair("a", "b"), pair("b", "a")])
+    train_labels = torch.tensor([1, 1, 0, 0])  # "ab": 2 votes for 1, 1 for 0; "ba": 0
+    test = torch.tensor([pair("a", "b"), pair("b", "a"), pair("b", "b"), pair("a", "b")])
+    test_labels = torch.tensor([1, 0, 0, 0])  # right, right, unseen -> 1: wrong, wrong
+    assert junction_bigram_accuracy(train, train_labels, test, test_labels, 1) == 0.5

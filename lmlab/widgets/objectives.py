@@ -20,6 +20,14 @@ USES_MASK_RATE = ("mlm", "mlm_sop", "mlm_nsp", "span")
 USES_PAIR_WEIGHT = ("mlm_sop", "mlm_nsp")
 
 
+def loss_label(objective: str) -> str:
+    """The y-axis label of an objective's loss / ln 2: L_MLM is an average per masked character,
+    L_pair one per pair (a sentence pair is one prediction), so their sum has two units."""
+    if objective in USES_PAIR_WEIGHT:
+        return "(L_MLM + lambda L_pair) / ln 2\n(bits per masked char + lambda x bits per pair)"
+    return "loss / ln 2 (bits per predicted char)"
+
+
 def objective_run(model_config: ModelConfig, train_config: TrainConfig, objective: str,
                   mask_rate: float = 0.15, pair_weight: float = 1.0, corpus="tinyshakespeare",
                   **kwargs) -> Result:
@@ -42,7 +50,9 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
                         corpus="tinyshakespeare", *, objective: str = "mlm",
                         mask_rate: float = 0.15, pair_weight: float = 1.0):
     """An :class:`lmlab.widgets.Explorer` with controls objective, mask_rate, pair_weight (lambda);
-    it draws the training and validation loss (bits per predicted character) against tokens seen."""
+    it draws the training and validation loss / ln 2 against tokens seen: bits per predicted
+    character, plus lambda times bits per pair for the objectives with a pair head. The lambda
+    control is disabled for the objectives without a pair head, which ignore it."""
     from . import Explorer
 
     controls = {
@@ -52,6 +62,12 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         "pair_weight": W.FloatSlider(value=pair_weight, min=0.0, max=2.0, step=0.25,
                                      description="lambda", continuous_update=False),
     }
+
+    def enable_lambda(_change=None):
+        controls["pair_weight"].disabled = controls["objective"].value not in USES_PAIR_WEIGHT
+
+    enable_lambda()
+    controls["objective"].observe(enable_lambda, names="value")  # before the redraw's observer
 
     def draw(figure, progress, objective, mask_rate, pair_weight):
         total = train_config.steps
@@ -77,7 +93,7 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         ax.set_title(f"{objective} {' '.join(settings)}: predicts {PREDICTS[objective]}",
                      fontsize=9)
         ax.set_xlabel("tokens seen")
-        ax.set_ylabel("loss / ln 2 (bits per predicted char)")
+        ax.set_ylabel(loss_label(objective), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 
