@@ -7,7 +7,6 @@ import torch
 
 from lmlab import ModelConfig, Transformer
 from lmlab.attention import attention_maps
-from lmlab.data import CharTokenizer
 from lmlab.generate import generate_ids
 from lmlab.heads import frozen_features, pair_head_accuracy, transformer_with_pair_head
 from lmlab.modes import eval_mode
@@ -43,14 +42,14 @@ def test_eval_mode_restores_training_mode_when_the_block_raises():
 
 
 ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 1]])  # (1, T)
-tok = CharTokenizer("abcdefgh")
 CALLS = {
     "train.evaluate": lambda m: evaluate(m, [(ids, ids)]),
     "generate_ids": lambda m: generate_ids(m, ids[:, :2], 3),
     "attention_maps": lambda m: attention_maps(m, ids[0]),
     "frozen_features": lambda m: frozen_features(m, ids, torch.ones_like(ids, dtype=torch.bool)),
     "predict_probabilities": lambda m: predict_probabilities(m, [(ids, ids)]),
-    "pair_head_accuracy": lambda m: pair_head_accuracy(m, ids.repeat(2, 1), tok, "sop"),
+    "pair_head_accuracy": lambda m: pair_head_accuracy(
+        m, ids, torch.ones_like(ids, dtype=torch.bool), torch.zeros(len(ids), dtype=torch.long)),
 }
 
 
