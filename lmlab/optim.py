@@ -1,8 +1,11 @@
 """Parameter groups, optimizer construction and learning-rate schedules.
 
 Weight decay goes to the matrices of linear layers only: biases, LayerNorm gains and embeddings
-(including the output layer tied to them) are not decayed. Shrinking a LayerNorm gain or a bias
-toward zero is not a useful prior, and decaying rare tokens' embeddings erases them.
+(including the output layer tied to them) are not decayed. This is minGPT's rule; nanoGPT decays
+every tensor with dim >= 2, embeddings included (``lmlab.regularization.matrix_decay_groups``).
+Shrinking a LayerNorm gain or a bias toward zero is not a useful prior. For embeddings it is a
+trade-off, not a rule: with tied weights every row also gets gradient from the output softmax, and
+decaying the shared matrix shrinks the logits (chapter 5 measures both rules).
 """
 
 from __future__ import annotations
