@@ -4,6 +4,7 @@
 #   make test     ruff + unit tests + every notebook (nbval) + browser tests
 #   make book     execute the chapters and build the HTML book (book/_build/html)
 #   make bench    run the training benchmark
+#   make time-notebooks  time every chapter on a cold cache (PROFILE=cpu|ci|gpu, RECORD=1)
 #   make strip    strip outputs from the notebooks before committing
 #   make clean    remove build outputs (keeps .venv)
 #
@@ -40,10 +41,11 @@ test test-unit test-browser book: export LMLAB_CACHE_DIR ?= $(CURDIR)/$(BUILD_DI
 # Print how long a stage took: $(call timed,NAME) after the command, in the same shell line.
 timed = rc=$$?; echo "[timing] $(1): $$(( $$(date +%s) - t0 ))s"; exit $$rc
 
-.PHONY: help install lab test test-lint test-unit test-browser book bench strip clean distclean
+.PHONY: help install lab test test-lint test-unit test-browser book bench time-notebooks strip clean \
+	distclean
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------- bootstrap
 $(VPY):
@@ -62,9 +64,13 @@ $(STAMP): pyproject.toml | $(VPY)
 install: $(STAMP)
 
 # ------------------------------------------------------------------------------------ targets
+# Registers the "Python (lmlab)" kernel for other JupyterLabs, then serves notebooks/ opening on
+# the quickstart (tools/lab.py: --allow-root only as root, no browser without a display, the URL
+# with its token printed last). LAB_ARGS go to JupyterLab, e.g. LAB_ARGS=--port=8899.
+LAB_ARGS ?=
 lab: $(STAMP)
 	$(VPY) -m ipykernel install --user --name lmlab --display-name "Python (lmlab)"
-	$(VPY) -m jupyter lab --ServerApp.root_dir=notebooks
+	$(VPY) tools/lab.py $(LAB_ARGS)
 
 test: test-lint test-unit test-browser
 
@@ -88,6 +94,12 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_train.py
+
+# Every chapter on a cold cache in one profile (PROFILE=ci|cpu|gpu): a table of wall time and
+# asserts passed. RECORD=1 writes it into benchmarks/RESULTS.md and the README.
+PROFILE ?= cpu
+time-notebooks: $(STAMP)
+	$(VPY) tools/time_notebooks.py --profile $(PROFILE) $(if $(RECORD),--record)
 
 # Outputs, execution counts and widget state (nbstripout's defaults), plus what papermill and the
 # book build add to a notebook they executed.

@@ -1,0 +1,63 @@
+"""The chapter timing tables: counted right, and quoted by the README exactly as recorded."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("lmlab_tools_time", ROOT / "tools" /
+                                                  "time_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("profile", ["ci", "cpu", "gpu"])
+def test_readme_quotes_results_tables_verbatim(profile):
+    tool = load_tool()
+    begin, end = tool.markers(profile)
+    pattern = re.compile(re.escape(begin) + r"(.*?)" + re.escape(end), flags=re.S)
+    results = pattern.findall((ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8"))
+    readme = pattern.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(readme) <= 1 and len(results) <= 1
+    if readme:  # a table the README shows must be the one recorded in RESULTS.md
+        assert results == readme, f"README's {profile} timing table differs from RESULTS.md's"
+
+
+def test_count_asserts_counts_statements_not_words():
+    tool = load_tool()
+    source = ("%matplotlib inline\nx = 'assert'  # assert in a comment\nassert x\n"
+              "if x:\n    assert 1, 'm'")
+    assert tool.count_asserts(source) == 2
+
+
+def test_asserts_that_ran_stops_at_the_first_failing_cell():
+    tool = load_tool()
+    nb = nbformat.v4.new_notebook()
+    ok = nbformat.v4.new_code_cell("assert True\nassert 1")
+    ok.execution_count = 1
+    bad = nbformat.v4.new_code_cell("assert False")
+    bad.execution_count = 2
+    bad.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="", traceback=[])]
+    later = nbformat.v4.new_code_cell("assert 2")
+    nb.cells = [ok, bad, later]
+    ran, total, failed = tool.asserts_that_ran(nb)
+    assert (ran, total) == (2, 4)
+    assert failed.startswith("cell 1: AssertionError")
+
+
+def test_replace_block_rewrites_only_the_marked_table():
+    tool = load_tool()
+    begin, end = tool.markers("cpu")
+    text = f"before\n{begin}\nold\n{end}\nafter"
+    assert tool.replace_block(text, "cpu", "new") == f"before\n{begin}\nnew\n{end}\nafter"
+    with pytest.raises(SystemExit, match="no .* block"):
+        tool.replace_block("no markers here", "cpu", "new")

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Time every chapter notebook in one profile, each on an empty experiment cache.
+
+    python tools/time_notebooks.py --profile cpu            # what `make time-notebooks` runs
+    python tools/time_notebooks.py --profile ci 00 03       # only chapters 00 and 03
+    python tools/time_notebooks.py --profile cpu --record   # also rewrite the tables
+
+Each notebook runs once with papermill in a kernel of this Python environment, with
+``LMLAB_PROFILE`` set and ``LMLAB_CACHE_DIR`` pointing at a fresh empty folder (a cold cache: every
+run a learner would wait for is timed). Threads are left to PyTorch's default (all cores), as a
+learner's notebook has them. The table says, per notebook, the wall time and how many of its
+``assert`` statements ran and held (a failing notebook stops at its first failing cell, named).
+
+``--record`` writes the table into ``benchmarks/RESULTS.md`` between the markers
+``<!-- notebook-times:PROFILE:begin -->`` and ``<!-- notebook-times:PROFILE:end -->`` (with the
+machine, date and command); the README quotes the same block, and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+README = ROOT / "README.md"
+CHAPTER_GLOB = "[0-9][0-9]_*.ipynb"
+PROFILES = ("ci", "cpu", "gpu")
+
+
+def markers(profile: str) -> tuple[str, str]:
+    return (f"<!-- notebook-times:{profile}:begin -->", f"<!-- notebook-times:{profile}:end -->")
+
+
+def count_asserts(source: str) -> int:
+    """``assert`` statements in one code cell (IPython magics are skipped, not parsed)."""
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return len(re.findall(r"^\s*assert\b", source, flags=re.M))
+    return sum(isinstance(node, ast.Assert) for node in ast.walk(tree))
+
+
+def asserts_that_ran(executed: nbformat.NotebookNode) -> tuple[int, int, str | None]:
+    """(asserts in cells that finished, asserts in the notebook, first failing cell or None)."""
+    total = ran = 0
+    failed = None
+    for index, cell in enumerate(executed.cells):
+        if cell.cell_type != "code":
+            continue
+        n = count_asserts(cell.source)
+        total += n
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        finished = cell.get("execution_count") is not None and not errors
+        if errors and failed is None:
+            failed = f"cell {index}: {errors[0].get('ename')}: {errors[0].get('evalue', '')[:80]}"
+        if finished and failed is None:
+            ran += n
+    return ran, total, failed
+
+
+def time_notebook(path: Path, profile: str, out_dir: Path) -> dict:
+    out = out_dir / path.name
+    env = dict(os.environ, LMLAB_PROFILE=profile)
+    with tempfile.TemporaryDirectory(prefix="lmlab-cold-cache-") as cache:
+        env["LMLAB_CACHE_DIR"] = cache
+        cmd = [sys.executable, "-m", "papermill", str(path), str(out), "--kernel", "python3",
+               "--cwd", str(path.parent), "--log-level", "WARNING"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    ran, total, failed = (0, 0, "not executed")
+    if out.exists():
+        ran, total, failed = asserts_that_ran(nbformat.read(out, as_version=4))
+    if proc.returncode != 0 and failed is None:
+        failed = proc.stderr.strip().splitlines()[-1][:120] if proc.stderr.strip() else "failed"
+    return {"notebook": path.name, "profile": profile, "seconds": round(seconds, 1),
+            "asserts_passed": ran, "asserts": total, "ok": proc.returncode == 0,
+            "failure": failed}
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{os.cpu_count()}-core {platform.machine()}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}, {torch.get_num_threads()} threads")
+
+
+def table(rows: list[dict], profile: str, command: str) -> str:
+    lines = [f"Profile `{profile}`, cold cache, measured {dt.date.today().isoformat()} on a "
+             f"{machine()}; command `{command}`.", "",
+             "| notebook | seconds | minutes | asserts passed |", "| --- | ---: | ---: | --- |"]
+    for r in rows:
+        status = f"{r['asserts_passed']} / {r['asserts']}"
+        if not r["ok"]:
+            status += f" (failed: {r['failure']})"
+        lines.append(f"| `{r['notebook']}` | {r['seconds']:.0f} | {r['seconds'] / 60:.1f} | "
+                     f"{status} |")
+    total = sum(r["seconds"] for r in rows)
+    lines.append(f"| all | {total:.0f} | {total / 60:.1f} | |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, profile: str, block: str) -> str:
+    begin, end = markers(profile)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"no {begin} ... {end} block found: add one where the table belongs.")
+    return pattern.sub(lambda _: f"{begin}\n{block}\n{end}", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("chapters", nargs="*", help="chapter numbers (default: all)")
+    parser.add_argument("--profile", default="cpu", choices=PROFILES)
+    parser.add_argument("--record", action="store_true",
+                        help="write the table into benchmarks/RESULTS.md and README.md")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    notebooks = sorted(NOTEBOOKS.glob(CHAPTER_GLOB))
+    if args.chapters:
+        notebooks = [p for p in notebooks if p.name[:2] in set(args.chapters)]
+        if not notebooks:
+            parser.error(f"no chapter matches {args.chapters}")
+    if args.record and args.chapters:
+        parser.error("--record rewrites the whole table: time every chapter (no chapter list)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lmlab-timed-") as out_dir:
+        for path in notebooks:
+            row = time_notebook(path, args.profile, Path(out_dir))
+            rows.append(row)
+            print(f"{row['notebook']:32s} {row['seconds']:7.1f} s  asserts "
+                  f"{row['asserts_passed']}/{row['asserts']}"
+                  + ("" if row["ok"] else f"  FAILED {row['failure']}"), flush=True)
+    block = table(rows, args.profile, f"make time-notebooks PROFILE={args.profile}")
+    print("\n" + block)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    if args.record:
+        for doc in (RESULTS, README):
+            doc.write_text(replace_block(doc.read_text(encoding="utf-8"), args.profile, block),
+                           encoding="utf-8")
+        print(f"recorded in {RESULTS.relative_to(ROOT)} and {README.relative_to(ROOT)}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
