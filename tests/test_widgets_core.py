@@ -63,7 +63,7 @@ def _slope_explorer(history):
         history.draw_behind(ax, slope, lambda ax, ys, label, style: ax.plot([0, 1], ys,
                                                                              label=label, **style))
         ax.plot([0, 1], [0, slope], label="current")
-        history.fix_limits(ax, "main")
+        history.fix_limits(ax, "main", ymax=4.5)
 
     return Explorer({"slope": W.Dropdown(options=[1.0, 2.0, 3.0, 4.0, 5.0], value=1.0)}, draw,
                     history=history)
@@ -76,21 +76,24 @@ def _labels(explorer):
 def test_history_keeps_reference_and_last_settings_on_fixed_axes():
     e = _slope_explorer(History(keep=2))
     assert _labels(e) == ["current"]  # the defaults: nothing to draw behind yet
-    limits = (e.figure.axes[0].get_xlim(), e.figure.axes[0].get_ylim())
     for slope in (2.0, 3.0, 4.0):
         e.set(slope=slope)
+    limits = (e.figure.axes[0].get_xlim(), e.figure.axes[0].get_ylim())
+    assert limits[1] == pytest.approx((-0.2, 4.2))  # grown to take in slope 4's line (5% margins)
     # reference (the defaults) first, then the last two earlier settings, oldest first
     assert _labels(e) == ["slope 1 (reference)", "slope 2 (earlier)", "slope 3 (earlier)",
                           "current"]
     ref = e.figure.axes[0].lines[0]
     assert list(ref.get_ydata()) == [0.0, 1.0] and ref.get_linestyle() == "--"
     assert [ln.get_alpha() for ln in e.figure.axes[0].lines[1:3]] == [0.55, 0.75]  # fading
-    # the axes keep the limits of the first draw: slope 4 runs off the top instead of rescaling
-    assert (e.figure.axes[0].get_xlim(), e.figure.axes[0].get_ylim()) == limits
     e.set(slope=3.0)  # back to a setting already tried: drawn once, as the current one
     assert _labels(e) == ["slope 1 (reference)", "slope 4 (earlier)", "current"]
     e.set(slope=1.0)  # the reference itself: not drawn twice
     assert _labels(e) == ["slope 4 (earlier)", "slope 3 (earlier)", "current"]
+    # the limits never shrink back: slope 1 alone would autoscale to y <= 1.05
+    assert (e.figure.axes[0].get_xlim(), e.figure.axes[0].get_ylim()) == limits
+    e.set(slope=5.0)  # would autoscale to 5.25: grows only up to the cap, the line runs off the top
+    assert e.figure.axes[0].get_ylim() == pytest.approx((-0.25, 4.5))
 
 
 def test_history_drops_a_failed_draw():

@@ -64,4 +64,8 @@ def test_reference_and_earlier_settings_stay_drawn_on_fixed_axes(tmp_path, monke
     earlier = [ln for ln in ax.lines if ln.get_label().endswith("(earlier)")]
     assert len(ref) == 1 and list(ref[0].get_ydata()) == reference_val  # the defaults' curve
     assert len(earlier) == 1 and "p=0.4" in earlier[0].get_label()      # the setting before
-    assert ax.get_ylim() == ylim                                         # axes not rescaled
+    lo, hi = ax.get_ylim()
+    assert lo <= ylim[0] and hi >= ylim[1]  # the axes only grow: the reference stays in view
+    e.set(dropout=0.0, weight_decay=0.0)    # back to the defaults: the axes do not shrink back
+    lo2, hi2 = e.figure.axes[0].get_ylim()
+    assert lo2 <= lo and hi2 >= hi

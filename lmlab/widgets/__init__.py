@@ -6,8 +6,9 @@ chapter's explorers live in a module of their own (``lmlab.widgets.quickstart``,
 
 Comparing by looking: every explorer keeps a :class:`History`, the *reference* setting (the first
 one drawn, i.e. the defaults) and the last few settings tried. Each redraw draws them behind the
-current setting (the reference dashed black, earlier settings grey, fading with age) on axes whose
-limits were fixed by the first draw, so a change shows as a curve moving against still axes.
+current setting (the reference dashed black, earlier settings grey, fading with age) on steady axes
+(limits that only grow to take in a new curve, with a cap for runs that blow up), so a change
+shows as a curve moving against still axes.
 
 Every explorer is a root ``VBox`` with CSS class ``lmlab-explorer``: a row of controls, a status
 line with a progress bar for slow recomputations, and one persistent matplotlib figure shown as an
@@ -76,8 +77,8 @@ class History:
     ``history.fix_limits(ax, name)`` on each axis after drawing. The explorer commits the
     recorded trace and limits after a successful draw (and drops them after a failed one).
 
-    The first committed trace becomes the reference unless :meth:`set_reference` chose one. The
-    first committed limits of an axis ``name`` are reused by every later draw.
+    The first committed trace becomes the reference unless :meth:`set_reference` chose one. An
+    axis's limits only ever grow (see :meth:`fix_limits`), so curves are compared on steady axes.
     """
 
     def __init__(self, keep: int = 3):
@@ -119,21 +120,27 @@ class History:
         for trace, style, label in self.behind(key):
             plot(ax, trace.data, label, {"zorder": 1.5, **style})
 
-    def fix_limits(self, ax, name: str, *, x: bool = True) -> None:
-        """Reuse the limits axis ``name`` had at its first successful draw; store them if new.
-        ``x=False`` fixes the y range only (for an x axis that is itself a control, like depth)."""
+    def fix_limits(self, ax, name: str, *, x: bool = True, ymax: float | None = None) -> None:
+        """Keep axis ``name`` steady across settings: its limits are the union of every limit it
+        had at a successful draw (they grow to show a curve no earlier setting reached, and never
+        shrink or jump back), with the top of the y range capped at ``ymax`` (a diverging run runs
+        off the top instead of squashing every other curve). ``x=False`` leaves the x range to
+        the current draw (for an x axis that is itself a control, like depth)."""
+        xlim, ylim = tuple(ax.get_xlim()), tuple(ax.get_ylim())
         if name in self.limits:
-            xlim, ylim = self.limits[name]
-            if x:
-                ax.set_xlim(*xlim)
-            ax.set_ylim(*ylim)
-        else:
-            self._pending_limits[name] = (tuple(ax.get_xlim()), tuple(ax.get_ylim()))
+            (x0, x1), (y0, y1) = self.limits[name]
+            xlim = (min(x0, xlim[0]), max(x1, xlim[1]))
+            ylim = (min(y0, ylim[0]), max(y1, ylim[1]))
+        if ymax is not None and ylim[1] > ymax > ylim[0]:
+            ylim = (ylim[0], ymax)
+        if x:
+            ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        self._pending_limits[name] = (xlim, ylim)
 
     def commit(self) -> None:
         trace, self._pending = self._pending, None
-        for name, lims in self._pending_limits.items():
-            self.limits.setdefault(name, lims)
+        self.limits.update(self._pending_limits)
         self._pending_limits = {}
         if trace is None:
             return

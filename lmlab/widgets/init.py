@@ -128,7 +128,7 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
                             metric_line("val_loss")(ax, data["rows"], label, style))
         ax_stats.set_ylim(*STD_RANGE)
         history.fix_limits(ax_stats, "std", x=False)
-        history.fix_limits(ax_loss, "loss")
+        history.fix_limits(ax_loss, "loss", ymax=math.log(vocab) + 1.0)
         ax_stats.legend(fontsize=6)
         ax_loss.legend(fontsize=6)
 

@@ -6,6 +6,8 @@ was run before, trained live (with the progress bar) otherwise.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
@@ -86,7 +88,7 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         ax.set_ylabel("loss / ln 2 (bits per predicted char)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        history.fix_limits(ax, "loss")
+        history.fix_limits(ax, "loss", ymax=math.log2(model_config.vocab_size) + 1.0)
 
     return Explorer(controls, draw, title="Pretraining objectives", figsize=(7.5, 3.8),
                     history=history)

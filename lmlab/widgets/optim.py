@@ -7,6 +7,8 @@ line following the training steps.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as W
 
 from ..config import OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
@@ -85,7 +87,7 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
                     smooth=max(1, config.steps // 50), title=title)
         left.set_ylabel("loss (nats/char)")
         left.legend(fontsize=7)
-        history.fix_limits(left, "loss")
+        history.fix_limits(left, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
         steps = [r["step"] for r in rows]
         right.plot(steps, [r["lr"] for r in rows], color="C0")
         right.set_xlabel("step")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
@@ -49,6 +51,6 @@ def learning_rate_explorer(model_config: ModelConfig, train_config: TrainConfig,
         loss_curves(ax, {f"lr={lr:g}": result}, "val_loss", train=True, smooth=10,
                     title="validation loss (dots) and training loss (thin) against step")
         ax.set_ylabel("loss (nats per character)")
-        history.fix_limits(ax, "loss")
+        history.fix_limits(ax, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
 
     return Explorer({"lr": lr}, draw, title="Learning rate and the loss curve", history=history)

@@ -8,6 +8,7 @@ disk cache when it was run before, trained live otherwise), drawn with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import ipywidgets as W
@@ -77,7 +78,7 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
         ax.set_title(f"{result.label}\nfinal gap (val - train) = {val[-1] - train_losses[-1]:.3f}",
                      fontsize=9)
         ax.legend(fontsize=7)
-        history.fix_limits(ax, "loss")
+        history.fix_limits(ax, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
 
     return Explorer(controls, draw, title="Regularization explorer: train vs validation",
                     figsize=(7.5, 4.2), history=history)
