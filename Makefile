@@ -5,6 +5,7 @@
 #   make book     execute the chapters and build the HTML book (book/_build/html)
 #   make bench    run the training benchmark
 #   make time-notebooks  time every chapter on a cold cache (PROFILE=cpu|ci|gpu, RECORD=1)
+#   make gpu-check  the CUDA tests, a smoke matrix and GPU benchmarks (exits 0 without a GPU)
 #   make strip    strip outputs from the notebooks before committing
 #   make clean    remove build outputs (keeps .venv)
 #
@@ -41,8 +42,8 @@ test test-unit test-browser book: export LMLAB_CACHE_DIR ?= $(CURDIR)/$(BUILD_DI
 # Print how long a stage took: $(call timed,NAME) after the command, in the same shell line.
 timed = rc=$$?; echo "[timing] $(1): $$(( $$(date +%s) - t0 ))s"; exit $$rc
 
-.PHONY: help install lab test test-lint test-unit test-browser book bench time-notebooks strip clean \
-	distclean
+.PHONY: help install lab test test-lint test-unit test-browser book bench time-notebooks gpu-check \
+	strip clean distclean
 
 help:
 	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -94,6 +95,11 @@ book: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_train.py
+
+# On one CUDA GPU, under 8 minutes: tests marked `cuda`, the smoke matrix, the quickstart's gpu
+# profile to val 1.47, GPT-2 124M throughput and MFU; JSON in $(BUILD_DIR)/gpu_check.json.
+gpu-check: $(STAMP)
+	$(VPY) benchmarks/gpu_check.py --json $(BUILD_DIR)/gpu_check.json
 
 # Every chapter on a cold cache in one profile (PROFILE=ci|cpu|gpu): a table of wall time and
 # asserts passed. RECORD=1 writes it into benchmarks/RESULTS.md and the README.

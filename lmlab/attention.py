@@ -18,6 +18,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import eval_mode
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None) -> None:
+    """Raise a ValueError unless q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v) fit and
+    ``mask`` is None or a bool tensor broadcastable to (..., T_q, T_k). Both backends call it, so
+    a bad mask fails alike whichever one runs."""
+    if q.size(-1) != k.size(-1) or k.size(-2) != v.size(-2):
+        raise ValueError(
+            f"shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
+            "q and k need the same last dim d_k, and k and v the same number of positions T_k."
+        )
+    if mask is None:
+        return
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}; "
+                         "convert with mask.bool().")
+    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.size(-2), k.size(-2))
+    try:
+        fits = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' "
+                         f"shape {scores_shape} (..., T_q, T_k).")
+
 
 def scaled_dot_product_attention(
     q: torch.Tensor,
@@ -32,23 +59,36 @@ def scaled_dot_product_attention(
     q: (..., T_q, d_k), k: (..., T_k, d_k), v: (..., T_k, d_v); mask: bool, broadcastable to
     (..., T_q, T_k), True = may attend. ``scale`` defaults to 1 / sqrt(d_k).
     Returns out (..., T_q, d_v) and the attention weights (..., T_q, T_k) (before dropout).
+    A query whose row of the mask is all False (it may attend to nothing: an all-padding row)
+    gets weights 0 and output 0, as PyTorch's fused kernel gives, where softmax over a row of
+    -inf alone would give 0/0 = NaN.
     """
-    if q.size(-1) != k.size(-1) or k.size(-2) != v.size(-2):
-        raise ValueError(
-            f"shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
-            "q and k need the same last dim d_k, and k and v the same number of positions T_k."
-        )
+    check_attention_inputs(q, k, v, mask)
     d_k = q.size(-1)
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor (True = may attend), got {mask.dtype}; "
-                             "convert with mask.bool().")
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (..., T_q, T_k), rows sum to 1
+    if mask is not None:  # fully masked rows: NaN -> 0 (masked_fill's backward zeroes their grad)
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     attended = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return attended @ v, weights  # (..., T_q, d_v), (..., T_q, T_k)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None, dropout_p: float = 0.0, *,
+                    is_causal: bool = False) -> torch.Tensor:
+    """The same attention by ``torch.nn.functional.scaled_dot_product_attention`` (a fused
+    kernel: FlashAttention on recent GPUs when there is no mask), after the same input checks as
+    :func:`scaled_dot_product_attention`. ``is_causal`` (only with ``mask=None``) applies the
+    causal mask inside the kernel, without building it. Returns (..., T_q, d_v)."""
+    check_attention_inputs(q, k, v, mask)
+    if is_causal and mask is not None:
+        raise ValueError("pass either mask or is_causal=True, not both: fold the causal mask "
+                         "into mask (mask & causal_mask(T_q, T_k)).")
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=is_causal)
 
 
 def softmax_entropy(weights: torch.Tensor) -> torch.Tensor:
@@ -108,10 +148,8 @@ def attention_maps(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
     if idx.dim() != 2 or idx.size(0) != 1:
         raise ValueError(f"attention_maps takes one sequence, (T,) or (1, T); "
                          f"got {tuple(idx.shape)}.")
-    was_training = model.training
-    model.eval()
-    _, weights = model(idx, return_attention=True)  # L x (1, H, T, T)
-    model.train(was_training)
+    with eval_mode(model):
+        _, weights = model(idx, return_attention=True)  # L x (1, H, T, T)
     return torch.stack([w[0] for w in weights])  # (L, H, T, T)
 
 
@@ -135,8 +173,9 @@ def sinusoidal_positions(n_positions: int, d_model: int, scale: float = 1.0) -> 
 
     With ``scale=1`` (Vaswani et al. 2017) each row has norm sqrt(d/2) (sin^2 + cos^2 = 1 per
     pair). lmlab's Transformer uses ``scale = 1 / sqrt(2 d)``, rows of norm 1/2: the same order as
-    its N(0, 0.02) token embeddings (rows of norm 0.02 sqrt(d)), where an unscaled table, about 50
-    times larger, would drown the token identities.
+    its N(0, 0.02) token embeddings (rows of norm 0.02 sqrt(d)), where an unscaled table,
+    sqrt(d/2) / (0.02 sqrt(d)) = sqrt(1/2) / 0.02 = 35.4 times larger, would drown the token
+    identities.
     """
     if n_positions < 1 or d_model < 1:
         raise ValueError(f"n_positions={n_positions} and d_model={d_model} must both be >= 1.")
@@ -245,17 +284,17 @@ class MultiHeadAttention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         t_k = k.size(2)
-        if is_causal:
-            causal = causal_mask(t, t_k, device=x.device)  # (T, T_k)
-            mask = causal if mask is None else mask & causal
+        # One query at the end of the keys (KV-cache decoding) may see every key: its causal mask
+        # is all True, so none is needed, and none keeps the fused kernel's fastest path open.
+        causal = is_causal and t > 1
+        naive = self.backend == "naive" or return_weights
+        if causal and (naive or mask is not None or t != t_k):  # the kernel cannot do these
+            causal_keys = causal_mask(t, t_k, device=x.device)  # (T, T_k)
+            mask = causal_keys if mask is None else mask & causal_keys
+            causal = False
         dropout_p = self.dropout if self.training else 0.0
-        if self.backend == "naive" or return_weights:
+        if naive:
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
-        else:
-            weights = None
-            if mask is None or (is_causal and mask is causal and t == t_k):
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
-                                                     is_causal=is_causal and t == t_k)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:  # with no mask and T == T_k, causal masking happens inside the kernel
+            out, weights = fused_attention(q, k, v, mask, dropout_p, is_causal=causal), None
         return out, weights  # (B, H, T, d_k), (B, H, T, T_k) or None

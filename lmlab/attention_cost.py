@@ -9,9 +9,11 @@ while a fused kernel (``torch.nn.functional.scaled_dot_product_attention``: Flas
 GPUs, a blocked kernel on CPUs) works through the keys in tiles and keeps only O(B H T d_k).
 Both still do O(B H T^2 d_k) arithmetic: the fused kernel saves memory traffic, not FLOPs.
 
-What is *measured* here: wall-clock time (median of repeats) and memory, which on CUDA is the peak
-allocated during the call above what was allocated before (``torch.cuda.max_memory_allocated``)
-and on CPU the total and the largest allocation recorded by ``torch.profiler`` with
+What is *measured* here: wall-clock time (median of repeats, the device synchronized before each
+clock read) and memory, read from the device's own allocator: on CUDA the peak allocated during
+the call above what was allocated before (``torch.cuda.max_memory_allocated``), on MPS what the
+emptied caching allocator grew to during the call (``torch.mps.driver_allocated_memory``), both
+as ``peak_bytes``; on CPU the total and the largest allocation recorded by ``torch.profiler`` with
 ``profile_memory=True`` during the call. ``score_bytes`` is *computed* from the formula above.
 """
 
@@ -24,9 +26,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .attention import causal_mask, scaled_dot_product_attention
+from .attention import causal_mask, fused_attention, scaled_dot_product_attention
+from .device import allocator_bytes, peak_allocator_bytes, reset_peak_memory, synchronize
 
 BACKENDS = ("naive", "sdpa")
 
@@ -49,7 +51,7 @@ def attention_fn(backend: str) -> AttentionFn:
 
         return naive
     if backend == "sdpa":
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return lambda q, k, v: fused_attention(q, k, v, is_causal=True)
     raise ValueError(f"backend={backend!r} is invalid: expected one of {', '.join(BACKENDS)}.")
 
 
@@ -82,8 +84,8 @@ def measure(backend: str, t: int, *, batch: int = 1, heads: int = 4, head_dim: i
     """Time and memory of one causal attention call at sequence length ``t``.
 
     Returns a row: backend, T, seconds (median of ``repeats`` after one warm-up call),
-    score_bytes (computed), and measured memory: ``peak_bytes`` (CUDA: peak above the inputs)
-    or ``allocated_bytes`` and ``largest_alloc_bytes`` (CPU, profiler).
+    score_bytes (computed), and measured memory: ``peak_bytes`` (CUDA and MPS allocators: peak
+    above the inputs) or ``allocated_bytes`` and ``largest_alloc_bytes`` (CPU, profiler).
     """
     if t < 1 or repeats < 1:
         raise ValueError(f"t={t} and repeats={repeats} must both be >= 1.")
@@ -93,27 +95,23 @@ def measure(backend: str, t: int, *, batch: int = 1, heads: int = 4, head_dim: i
     q, k, v = (torch.randn(batch, heads, t, head_dim, device=device, dtype=dtype, generator=gen)
                for _ in range(3))  # 3 x (B, H, T, d_k)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     row = {"backend": backend, "T": t, "score_bytes": score_bytes(batch, heads, t, dtype)}
     with torch.no_grad():
         fn(q, k, v)  # warm-up
-        sync()
+        synchronize(device)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             fn(q, k, v)
-            sync()
+            synchronize(device)
             times.append(time.perf_counter() - start)
         row["seconds"] = statistics.median(times)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
+        if device.type in ("cuda", "mps"):
+            reset_peak_memory(device)
+            before = allocator_bytes(device)
             fn(q, k, v)
-            sync()
-            row["peak_bytes"] = torch.cuda.max_memory_allocated(device) - before
+            synchronize(device)
+            row["peak_bytes"] = peak_allocator_bytes(device) - before
         else:
             row["allocated_bytes"], row["largest_alloc_bytes"] = _cpu_allocations(
                 lambda: fn(q, k, v))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,23 +25,45 @@ def _fail(cls: str, name: str, value: Any, expected: str) -> None:
 
 
 def _check_choice(cls: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         _fail(cls, name, value, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def _check_int(cls: str, name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(cls, name, value, f"an integer >= {minimum}")
+def _check_int(cls: str, name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        _fail(cls, name, value, f"an integer >= {minimum}" if maximum is None
+              else f"an integer in [{minimum}, {maximum}]")
+
+
+def _finite(value: Any) -> bool:
+    """A real number (not a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_real(
     cls: str, name: str, value: Any, low: float, high: float, *, closed_high: bool
 ) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value <= high if closed_high else value < high)
+    ok = _finite(value) and low <= value and (value <= high if closed_high else value < high)
     if not ok:
         bracket = "]" if closed_high else ")"
         _fail(cls, name, value, f"a number in [{low}, {high}{bracket}")
+
+
+def _check_bool(cls: str, name: str, value: Any, meaning: str = "") -> None:
+    if not isinstance(value, bool):
+        _fail(cls, name, value, "True or False" + (f" ({meaning})" if meaning else ""))
+
+
+SEED_MAX = 2**62
+"""Largest seed: the loop seeds its generators with seed + small offsets, all within int64."""
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class _Replaceable:
@@ -85,7 +109,7 @@ class ModelConfig(_Replaceable):
         _check_int(c, "d_model", self.d_model, 1)
         _check_int(c, "mlp_ratio", self.mlp_ratio, 1)
         if self.d_model % self.n_head:
-            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0]
+            divisors = [h for h in range(1, min(self.d_model, 1024) + 1) if self.d_model % h == 0]
             _fail(c, "d_model", self.d_model,
                   f"a multiple of n_head={self.n_head} (or choose n_head among {divisors[:12]})")
         if self.pos == "rope" and self.head_dim % 2:
@@ -95,8 +119,11 @@ class ModelConfig(_Replaceable):
         _check_real(c, "init_std", self.init_std, 0.0, math.inf, closed_high=False)
         _check_choice(c, "pos", self.pos, POSITIONAL_SCHEMES)
         _check_choice(c, "attention", self.attention, ATTENTION_BACKENDS)
-        if not isinstance(self.causal, bool):
-            _fail(c, "causal", self.causal, "True (GPT-style) or False (BERT-style)")
+        _check_bool(c, "causal", self.causal, "True: GPT-style, False: BERT-style")
+        _check_bool(c, "bias", self.bias, "biases in linear layers and LayerNorms")
+        _check_bool(c, "tie_weights", self.tie_weights, "share the embedding and output matrix")
+        _check_bool(c, "scale_residual_init", self.scale_residual_init,
+                    "scale residual projections by 1/sqrt(2 n_layer)")
 
     @property
     def head_dim(self) -> int:
@@ -153,7 +180,7 @@ class TrainConfig(_Replaceable):
         c = "TrainConfig"
         _check_int(c, "steps", self.steps, 1)
         _check_int(c, "batch_size", self.batch_size, 1)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (_finite(self.lr) and self.lr > 0):
             _fail(c, "lr", self.lr, "a positive learning rate such as 1e-3")
         if self.min_lr is not None:
             _check_real(c, "min_lr", self.min_lr, 0.0, self.lr, closed_high=True)
@@ -165,7 +192,7 @@ class TrainConfig(_Replaceable):
         _check_real(c, "decay_fraction", self.decay_fraction, 0.0, 1.0, closed_high=True)
         _check_choice(c, "optimizer", self.optimizer, OPTIMIZERS)
         if (not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2
-                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+                or not all(_finite(b) and 0 <= b < 1 for b in self.betas)):
             _fail(c, "betas", self.betas, "a pair (beta1, beta2) with each in [0, 1)")
         _check_real(c, "eps", self.eps, 0.0, math.inf, closed_high=False)
         _check_real(c, "momentum", self.momentum, 0.0, 1.0, closed_high=False)
@@ -182,12 +209,19 @@ class TrainConfig(_Replaceable):
         _check_real(c, "pair_weight", self.pair_weight, 0.0, math.inf, closed_high=False)
         _check_int(c, "eval_every", self.eval_every, 1)
         _check_int(c, "eval_batches", self.eval_batches, 1)
-        _check_int(c, "seed", self.seed, 0)
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")
-        ):
+        _check_int(c, "seed", self.seed, 0, SEED_MAX)
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.fullmatch(self.device):
             _fail(c, "device", self.device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         _check_choice(c, "dtype", self.dtype, DTYPES)
+        _check_bool(c, "compile", self.compile, "torch.compile the model")
+        _check_bool(c, "progress", self.progress, "show a progress bar")
+        _check_bool(c, "keep_best", self.keep_best, "save best.pt at each new best val_loss")
+        if self.checkpoint_dir is not None:
+            if isinstance(self.checkpoint_dir, os.PathLike):  # kept as str: plain data to save
+                object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
+            if not isinstance(self.checkpoint_dir, str) or not self.checkpoint_dir.strip():
+                _fail(c, "checkpoint_dir", self.checkpoint_dir,
+                      "None or a folder path (a str or pathlib.Path)")
         _check_int(c, "checkpoint_every", self.checkpoint_every, 0)
         _check_int(c, "patience", self.patience, 0)
         if self.keep_best and not self.checkpoint_dir:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import cache_dir
+from .paths import atomic_write, cache_dir
 
 
 @dataclass(frozen=True)
@@ -54,16 +53,19 @@ def _verified(path: Path, source: TextSource) -> Path:
 
 
 def _download(source: TextSource, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(source.url, timeout=30) as response:
-            out.write(response.read())
-        _verified(Path(tmp), source)
-        os.replace(tmp, dest)  # atomic: a half-written file is never taken for the corpus
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Fetch ``source.url``, check its sha256 in memory, then write ``dest`` atomically: a
+    failed or wrong download leaves nothing behind."""
+    with urllib.request.urlopen(source.url, timeout=30) as response:
+        content = response.read()
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != source.sha256:
+        raise ValueError(
+            f"the download of {source.filename} from {source.url} does not match the expected "
+            f"sha256 (got {digest[:12]}..., expected {source.sha256[:12]}...; "
+            f"{len(content):,} bytes, expected {source.size:,}); nothing was saved. Try again, or "
+            f"save a good copy as {source.filename} in $LMLAB_DATA_DIR.")
+    with atomic_write(dest) as out:
+        out.write(content)
     return dest
 
 
@@ -73,10 +75,15 @@ def corpus_path(name: str = "tinyshakespeare", *, download: bool = True) -> Path
         raise ValueError(f"unknown corpus {name!r}: expected one of {', '.join(SOURCES)}.")
     source = SOURCES[name]
     data_dir = os.environ.get("LMLAB_DATA_DIR")
-    if data_dir:
-        candidate = Path(data_dir).expanduser() / source.filename
-        if candidate.exists():
-            return _verified(candidate, source)
+    if data_dir:  # a folder named on purpose: it must hold the file, no silent download instead
+        folder = Path(data_dir).expanduser()
+        candidate = folder / source.filename
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"LMLAB_DATA_DIR={data_dir!r} is set, but {folder} holds no {source.filename}. "
+                f"Save {source.url} there as {source.filename}, or unset LMLAB_DATA_DIR to use "
+                f"the cache ({cache_dir() / 'data'}) and download it once.")
+        return _verified(candidate, source)
     cached = cache_dir() / "data" / source.filename
     if cached.exists():
         return _verified(cached, source)
@@ -86,7 +93,7 @@ def corpus_path(name: str = "tinyshakespeare", *, download: bool = True) -> Path
     try:
         return _download(source, cached)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
-        where = f"$LMLAB_DATA_DIR ({data_dir})" if data_dir else "a folder named by $LMLAB_DATA_DIR"
+        where = "a folder named by $LMLAB_DATA_DIR"
         raise FileNotFoundError(
             f"Could not find or download the {name} corpus ({err}). Download {source.url} "
             f"and save it as {source.filename} in {where}, or in {cached.parent}."
@@ -221,12 +228,17 @@ def char_corpus(name: str = "tinyshakespeare", val_fraction: float = 0.1) -> Cor
     not modify them in place)."""
     key = (name, val_fraction)
     if key not in _CORPUS_CACHE:
-        text = load_text(name)
-        tok = CharTokenizer.from_text(text)
-        ids = torch.tensor(tok.encode(text), dtype=torch.long)
-        train, val = split(ids, val_fraction)
-        _CORPUS_CACHE[key] = Corpus(name, tok, train, val)
+        _CORPUS_CACHE[key] = text_corpus(load_text(name), name, val_fraction)
     return _CORPUS_CACHE[key]
+
+
+def text_corpus(text: str, name: str = "text", val_fraction: float = 0.1) -> Corpus:
+    """Tokenize any text character by character and split it (first ``1 - val_fraction`` for
+    training): what :func:`char_corpus` does for a named corpus, for a text of your own."""
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    train, val = split(ids, val_fraction)
+    return Corpus(name, tok, train, val)
 
 
 class BatchSampler:
@@ -235,10 +247,16 @@ class BatchSampler:
     The token tensor is moved to the device once; each batch is a gather there, so no per-step
     host-to-device copy happens. ``sample()`` returns ``x`` (B, T) and ``y`` (B, T) with
     ``y[:, t] = x[:, t + 1]`` in the underlying text.
+
+    ``rows``: keep only these rows of each drawn batch. Data-parallel training gives every rank
+    the same generator and ``rows=slice(r * b, (r + 1) * b)`` (b = B / world size), so the ranks
+    together train on exactly the B windows one process would draw (see
+    :mod:`lmlab.distributed`).
     """
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int,
-                 device: torch.device | str = "cpu", generator: torch.Generator | None = None):
+                 device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                 rows: slice | None = None):
         if len(data) < block_size + 2:
             raise ValueError(
                 f"the data has {len(data)} tokens, too few for windows of block_size={block_size} "
@@ -249,11 +267,12 @@ class BatchSampler:
         self.block_size = block_size
         self.batch_size = batch_size
         self.generator = generator or torch.Generator(device=self.device)
+        self.rows = rows if rows is not None else slice(None)
         self._offsets = torch.arange(block_size + 1, device=self.device)  # (T+1,)
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.data) - self.block_size - 1
         starts = torch.randint(0, high + 1, (self.batch_size,), device=self.device,
-                               generator=self.generator)  # (B,)
+                               generator=self.generator)[self.rows]  # (B,) or (b,)
         windows = self.data[starts[:, None] + self._offsets]  # (B, T+1)
         return windows[:, :-1], windows[:, 1:]

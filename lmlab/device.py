@@ -1,12 +1,17 @@
-"""Where and how computation runs: device, autocast dtype, seeding, and the size profile."""
+"""Where and how computation runs: device, autocast dtype, seeding, the size profile, and the
+few device-specific calls (synchronize, allocator memory, compile) that timing code needs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import warnings
+from collections.abc import Hashable
 
 import numpy as np
 import torch
+from torch import nn
 
 PROFILES = ("ci", "cpu", "gpu")
 
@@ -45,11 +50,24 @@ def pick_device(preference: str = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: CUDA compute capability >= 8.0 (Ampere and
+    later; ROCm asks torch). ``torch.cuda.is_bf16_supported()`` also counts emulated bf16 (a T4 or
+    V100 runs it, slowly and without flash attention), so it is not used here."""
+    if device.type != "cuda":
+        return False
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    major, _minor = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def autocast_dtype(device: torch.device, preference: str = "auto") -> torch.dtype | None:
     """The dtype to autocast matmuls to, or ``None`` for plain fp32.
 
-    ``auto``: bf16 on CUDA devices that support it, fp32 elsewhere (CPU autocast to bf16 is slower
-    than fp32 on most laptop CPUs, so it is only used when asked for).
+    ``auto``: bf16 on CUDA devices with native bf16 (:func:`native_bf16`), fp16 on older CUDA
+    devices (the training loop then scales the loss with a ``GradScaler``), fp32 elsewhere (CPU
+    autocast to bf16 is slower than fp32 on most laptop CPUs, and MPS runs fp32 unless asked).
     """
     if preference == "float32":
         return None
@@ -57,9 +75,107 @@ def autocast_dtype(device: torch.device, preference: str = "auto") -> torch.dtyp
         return torch.bfloat16
     if preference == "float16":
         return torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     return None
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait until ``device`` has finished the work queued on it (CUDA and MPS run asynchronously:
+    a timer read without this measures the launch, not the work). A no-op on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def allocator_bytes(device: torch.device | str) -> int | None:
+    """Bytes the device's own allocator holds for tensors now: ``torch.cuda.memory_allocated`` on
+    CUDA, ``torch.mps.driver_allocated_memory`` on MPS (it includes the blocks the MPS caching
+    allocator keeps after a free, so its growth from an emptied cache bounds a call's peak);
+    ``None`` on CPU, whose allocations are read with ``torch.profiler`` instead."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory()
+    return None
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a peak-memory measurement: reset CUDA's peak counter, empty MPS's cache (so that what
+    the cache grows to is this call's peak); nothing on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def peak_allocator_bytes(device: torch.device | str) -> int | None:
+    """The peak since :func:`reset_peak_memory`: ``torch.cuda.max_memory_allocated`` on CUDA,
+    what the emptied MPS cache grew to on MPS, ``None`` on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return allocator_bytes(device)
+
+
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where a random call must put its result to use ``generator``: its own device (torch
+    rejects a CUDA generator for a CPU draw and the other way round); the CPU when ``None``."""
+    return torch.device("cpu") if generator is None else generator.device
+
+
+class CompileFallbackWarning(UserWarning):
+    """``compile=True`` was asked for, but (part of) the model runs uncompiled."""
+
+
+class _DynamoLimitWarner(logging.Handler):
+    """Turns dynamo's "hit config.recompile_limit" log line (after which the function runs
+    uncompiled, easy to miss in a notebook) into a :class:`CompileFallbackWarning`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("torch._dynamo hit config."):
+            warnings.warn("torch.compile fell back to eager execution: "
+                          + message.splitlines()[0].removeprefix("torch._dynamo ")
+                          + ". Too many shapes were compiled in this process; call "
+                          "torch._dynamo.reset() or keep shapes fixed.", CompileFallbackWarning,
+                          stacklevel=2)
+
+
+_DYNAMO_LOGGER = "torch._dynamo.convert_frame"
+_compiled_signature: list[Hashable] = []  # the shape signature of the graphs dynamo now caches
+
+
+def compile_model(model: nn.Module, enabled: bool = True, signature: Hashable = None,
+                  **compile_kwargs) -> nn.Module:
+    """``torch.compile(model)`` when ``enabled``, else ``model`` itself.
+
+    Dynamo caches compiled graphs per code object for the whole process and recompiles for each
+    new shape; past ``torch._dynamo.config.recompile_limit`` a function silently runs eagerly.
+    So when ``signature`` (anything that fixes the shapes: model config, batch size, objective)
+    differs from the previous compiled run's, the cache is reset first (``torch._dynamo.reset()``):
+    a sweep over shapes recompiles each once instead of piling graphs up, and runs of one shape
+    reuse theirs. A fallback to eager (the limit hit, or torch.compile unavailable here) gives a
+    :class:`CompileFallbackWarning`. ``compile_kwargs`` go to ``torch.compile``.
+    """
+    if not enabled:
+        return model
+    if _compiled_signature != [signature]:
+        torch._dynamo.reset()
+        _compiled_signature[:] = [signature]
+    logger = logging.getLogger(_DYNAMO_LOGGER)
+    if not any(isinstance(h, _DynamoLimitWarner) for h in logger.handlers):
+        logger.addHandler(_DynamoLimitWarner())
+    try:
+        return torch.compile(model, **compile_kwargs)
+    except RuntimeError as error:  # e.g. a Python version this torch's dynamo does not support
+        warnings.warn(f"torch.compile is not available here ({error}); training runs uncompiled.",
+                      CompileFallbackWarning, stacklevel=2)
+        return model
 
 
 def seed_everything(seed: int) -> None:

@@ -142,24 +142,38 @@ class UpdateRatioTracker:
     ||theta_t - theta_{t-1}|| / ||theta_{t-1}|| for each watched parameter, from a copy kept
     since the previous step (the first from the moment the tracker was made).
 
-    ``tracker.rows``: one dict per step, ``{"step": t, name: ratio, ...}``.
+    ``tracker.rows``: one dict per step, ``{"step": t, name: ratio, ...}``. The ratios stay on the
+    parameters' device until ``rows`` is read, and are then read back all at once: a step costs
+    a few kernels and no wait for the device.
     """
 
     def __init__(self, params: Mapping[str, torch.Tensor]):
         if not params:
             raise ValueError("UpdateRatioTracker needs at least one named parameter to watch.")
         self.params = dict(params)
-        self._previous = {n: p.detach().clone() for n, p in self.params.items()}
-        self.rows: list[dict] = []
+        self._previous = [p.detach().float().clone() for p in self.params.values()]
+        self._steps: list[int] = []
+        self._pending: list[torch.Tensor] = []  # one (n_params,) tensor of ratios per step
+        self._rows: list[dict] = []
 
-    def __call__(self, row: dict | None = None) -> dict:
-        out = {"step": (row or {}).get("step", len(self.rows) + 1)}
-        for name, p in self.params.items():
-            now = p.detach()
-            out[name] = update_to_data_ratio(self._previous[name], now)
-            self._previous[name] = now.clone()
-        self.rows.append(out)
-        return out
+    @torch.no_grad()
+    def __call__(self, row: dict | None = None) -> None:
+        self._steps.append((row or {}).get("step", len(self._steps) + 1))
+        now = [p.detach().float() for p in self.params.values()]
+        delta = torch.stack(torch._foreach_norm(torch._foreach_sub(now, self._previous)))  # (n,)
+        size = torch.stack(torch._foreach_norm(self._previous))  # (n,)
+        self._pending.append(torch.where(size > 0, delta / size, torch.inf))  # (n,)
+        torch._foreach_copy_(self._previous, now)
+
+    @property
+    def rows(self) -> list[dict]:
+        if self._pending:
+            values = torch.stack(self._pending).tolist()  # (steps, n_params): one read-back
+            steps = self._steps[len(self._rows) :]
+            self._rows += [{"step": step, **dict(zip(self.params, ratios, strict=True))}
+                           for step, ratios in zip(steps, values, strict=True)]
+            self._pending = []
+        return self._rows
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         return [r["step"] for r in self.rows], [r[name] for r in self.rows]

@@ -1,10 +1,14 @@
 """Run training configurations, cache their results on disk, return tidy records.
 
-A run is identified by its model config, train config, corpus (name, fraction, sizes), an
+A run is identified by its model config, train config, corpus (name and a sha256 of its tokens and
+vocabulary), the device type and autocast dtype it actually ran with (``"auto"`` resolved), an
 optional ``variant`` naming a custom model builder, and a fingerprint of lmlab's own source code:
 change any of them and the run is computed again; change nothing and it is read back from
 ``$LMLAB_CACHE_DIR/runs`` in milliseconds. Widgets and notebooks call :func:`run_experiment`
 and never train by themselves.
+
+A cache entry is trusted only after it reads back whole: a damaged ``result.json`` or ``model.pt``
+(truncated, empty, edited by hand) is computed again, with a warning naming it, never returned.
 """
 
 from __future__ import annotations
@@ -13,8 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,11 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointDamaged, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import Corpus, char_corpus
+from .device import autocast_dtype, pick_device
 from .model import Transformer
-from .paths import cache_dir
+from .paths import atomic_write, cache_dir
 from .train import train
 
 _NOT_IN_KEY = ("progress", "checkpoint_dir", "checkpoint_every", "device")
@@ -81,24 +85,68 @@ class Result:
 
 
 def _corpus_id(corpus: Corpus) -> dict:
+    """Name, sizes and a sha256 over the vocabulary and the train and validation tokens: two
+    different texts never share an id, however alike their names and sizes."""
+    h = hashlib.sha256()
+    h.update(json.dumps(corpus.tokenizer.itos).encode())
+    for part in (corpus.train, corpus.val):
+        h.update(str(part.dtype).encode() + b"|" + str(len(part)).encode() + b"|")
+        h.update(part.detach().cpu().contiguous().numpy().tobytes())
     return {"name": corpus.name, "train": len(corpus.train), "val": len(corpus.val),
-            "vocab": corpus.tokenizer.vocab_size}
+            "vocab": corpus.tokenizer.vocab_size, "sha256": h.hexdigest()}
+
+
+def _resolved(train_config: TrainConfig) -> dict:
+    """What the run really uses: the device type and the autocast dtype (None = float32)."""
+    device = pick_device(train_config.device)
+    return {"device_type": device.type, "amp": str(autocast_dtype(device, train_config.dtype))}
 
 
 def run_key(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
             variant: str | None = None) -> str:
     tc = {k: v for k, v in dataclasses.asdict(train_config).items() if k not in _NOT_IN_KEY}
     blob = json.dumps({"model": dataclasses.asdict(model_config), "train": tc,
-                       "corpus": _corpus_id(corpus), "variant": variant,
-                       "code": code_fingerprint()}, sort_keys=True, default=str)
+                       "resolved": _resolved(train_config), "corpus": _corpus_id(corpus),
+                       "variant": variant, "code": code_fingerprint()},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(data, f)
-    os.replace(tmp, path)
+
+
+def _read_entry(folder: Path, keep_model: bool) -> dict | None:
+    """The cached ``result.json`` of ``folder`` if it and (when there) ``model.pt`` read back
+    whole; ``None`` when there is no entry; a damaged entry warns, naming the file, and is
+    treated as missing."""
+    meta_path, model_path = folder / "result.json", folder / "model.pt"
+    if not meta_path.exists() or (keep_model and not model_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        history = meta["history"]
+        if not (isinstance(history, list) and history
+                and all(isinstance(r, dict) and "step" in r for r in history)):
+            raise ValueError("its history is not a list of rows with a 'step'")
+        if not isinstance(meta.get("info", {}), dict):
+            raise ValueError("its 'info' is not a dict")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"the cached result {meta_path} is damaged ({type(err).__name__}: {err}); "
+                      "removed, computing the run again.", RuntimeWarning, stacklevel=3)
+        meta_path.unlink(missing_ok=True)
+        return None
+    if model_path.exists():
+        try:
+            load_checkpoint(model_path)
+        except CheckpointDamaged as err:
+            warnings.warn(f"the cached weights {model_path} are damaged ({err}); removed"
+                          + (", computing the run again." if keep_model else "."),
+                          RuntimeWarning, stacklevel=3)
+            model_path.unlink(missing_ok=True)
+            return None if keep_model else meta
+    return meta
 
 
 def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
@@ -121,8 +169,8 @@ def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
     folder = cache_dir() / "runs" / key
     meta_path = folder / "result.json"
     model_path = folder / "model.pt"
-    if cache and meta_path.exists() and (not keep_model or model_path.exists()):
-        meta = json.loads(meta_path.read_text())
+    meta = _read_entry(folder, keep_model) if cache else None
+    if meta is not None:
         return Result(key, label, model_config, train_config, corpus.name, meta["history"],
                       variant, model_path if model_path.exists() else None, True,
                       meta.get("info", {}))

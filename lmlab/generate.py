@@ -8,11 +8,15 @@ instead of re-running the whole context.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
 import torch
 from torch import nn
+
+from .device import synchronize
+from .modes import eval_mode
 
 
 def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -28,37 +32,47 @@ def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     return torch.multinomial(probs, 1, generator=generator)
 
 
+def _check_sampling(max_new_tokens, temperature, top_k) -> None:
+    """A clear ValueError for sampling settings that torch would reject deep inside (or, for a
+    negative length, silently ignore)."""
+    if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 0):
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: expected an integer >= 0 "
+                         "(how many tokens to add after the prompt).")
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not math.isfinite(temperature) or temperature < 0):
+        raise ValueError(f"temperature={temperature!r} is invalid: expected a finite number >= 0 "
+                         "(0 = greedy, 1 = the model's own distribution).")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} is invalid: expected None or an integer >= 1.")
+
+
 @torch.no_grad()
 def generate_ids(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
                  use_cache: bool = True, allowed: int | None = None) -> torch.Tensor:
     """idx: (B, T0) -> (B, T0 + max_new_tokens). ``allowed``: sample only ids < allowed
     (keeps special tokens out of generated text)."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature!r} is invalid: expected >= 0 (0 = greedy).")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k={top_k!r} is invalid: expected None or an integer >= 1.")
+    _check_sampling(max_new_tokens, temperature, top_k)
     if not getattr(model.config, "causal", True):
         raise ValueError("generate needs a causal model (ModelConfig(causal=True)).")
-    was_training = model.training
-    model.eval()
     block = model.config.block_size
     caches = None
-    for _ in range(max_new_tokens):
-        if use_cache:
-            if caches is None or caches[0]["k"].size(2) >= block:
-                context = idx[:, -block:]  # (re)fill the cache from the last block_size tokens
-                caches = [{} for _ in range(model.config.n_layer)]
-                logits = model(context, caches=caches)
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if caches is None or caches[0]["k"].size(2) >= block:
+                    context = idx[:, -block:]  # (re)fill the cache from the last block_size tokens
+                    caches = [{} for _ in range(model.config.n_layer)]
+                    logits = model(context, caches=caches)
+                else:
+                    logits = model(idx[:, -1:], caches=caches)  # one new position
             else:
-                logits = model(idx[:, -1:], caches=caches)  # one new position
-        else:
-            logits = model(idx[:, -block:])
-        logits = logits[:, -1, :]  # (B, V)
-        if allowed is not None:
-            logits = logits[:, :allowed]
-        idx = torch.cat([idx, _next_token(logits, temperature, top_k, generator)], dim=1)
-    model.train(was_training)
+                logits = model(idx[:, -block:])
+            logits = logits[:, -1, :]  # (B, V)
+            if allowed is not None:
+                logits = logits[:, :allowed]
+            idx = torch.cat([idx, _next_token(logits, temperature, top_k, generator)], dim=1)
     return idx
 
 
@@ -102,8 +116,7 @@ def timed_generation(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, *
             start = time.perf_counter()
             ids = generate_ids(model, idx, max_new_tokens, temperature, None, generator, use_cache,
                                allowed)
-            if idx.device.type == "cuda":
-                torch.cuda.synchronize(idx.device)
+            synchronize(idx.device)
             times.append(time.perf_counter() - start)
     finally:
         handle.remove()

@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .model import Transformer
+from .modes import eval_mode
 
 POOLINGS = ("cls", "mean")
 
@@ -71,13 +72,11 @@ def frozen_features(model: Transformer, ids: torch.Tensor, key_padding: torch.Te
                     batch_size: int = 256) -> torch.Tensor:
     """Features (N, C) of a frozen model in eval mode, computed in batches on the model's device."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [encode(model, ids[i : i + batch_size].to(device),
-                  key_padding[i : i + batch_size].to(device),
-                  bidirectional=bidirectional, pooling=pooling).float().cpu()
-           for i in range(0, len(ids), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = [encode(model, ids[i : i + batch_size].to(device),
+                      key_padding[i : i + batch_size].to(device),
+                      bidirectional=bidirectional, pooling=pooling).float().cpu()
+               for i in range(0, len(ids), batch_size)]
     return torch.cat(out)  # (N, C)
 
 
@@ -189,9 +188,7 @@ def pair_head_accuracy(model: TransformerWithPairHead, x: torch.Tensor, tokenize
     :func:`lmlab.objectives.window_pairs` (unmasked inputs, eval mode; restores the mode)."""
     from .objectives import window_pairs
 
-    was_training = model.training
-    model.eval()
-    ids, labels = window_pairs(x, tokenizer, task, generator)  # (B, T), (B,)
-    h = model.hidden(ids, key_padding=ids != tokenizer.pad_id)  # (B, T, C)
-    model.train(was_training)
+    with eval_mode(model):
+        ids, labels = window_pairs(x, tokenizer, task, generator)  # (B, T), (B,)
+        h = model.hidden(ids, key_padding=ids != tokenizer.pad_id)  # (B, T, C)
     return accuracy(model.pair_head(h[:, 0]), labels)

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from .device import generator_device
+
 # The linear layers of a Transformer block that adapters can target (names inside a Block).
 TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 
@@ -51,7 +53,8 @@ class LoRALinear(nn.Module):
         # nn.Linear's own init for A: U(-1/sqrt(in), 1/sqrt(in)) (Kaiming uniform, a = sqrt(5))
         bound = 1 / math.sqrt(in_features)
         with torch.no_grad():
-            a = torch.rand(rank, in_features, generator=generator, dtype=torch.float32)
+            a = torch.rand(rank, in_features, generator=generator, dtype=torch.float32,
+                           device=generator_device(generator))  # copied to w's device below
             self.lora_a.copy_((2 * a - 1) * bound)
 
     def delta_weight(self) -> torch.Tensor:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device import generator_device
+
 IGNORE_INDEX = -100
 
 
@@ -148,16 +150,30 @@ def prefix_lm_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
 # ------------------------------------------------------------------ span corruption (T5)
 
 
-def random_partition(total: int, parts: int, generator: torch.Generator | None = None) -> list[int]:
-    """Split ``total`` into ``parts`` positive integers summing to ``total``, uniformly over all
-    such compositions (T5's random segmentation): parts - 1 distinct cut points in 1..total-1.
+def random_partitions(total: int, parts: int, batch: int = 1,
+                      generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """``batch`` independent splits of ``total`` into ``parts`` positive integers summing to
+    ``total``, each uniform over all such compositions (T5's random segmentation): parts - 1
+    distinct cut points drawn uniformly from 1..total-1 (the first parts - 1 of a random
+    permutation, the permutation being the order of total - 1 uniform keys).
+
+    Returns (batch, parts) int64 on ``device`` (the generator's device when one is given).
     """
     if not 1 <= parts <= total:
         raise ValueError(f"cannot split {total} into {parts} positive parts: "
                          "need 1 <= parts <= total.")
-    cuts = (torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).sort().values.tolist()
-    edges = [0, *cuts, total]
-    return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    if generator is not None:
+        device = generator_device(generator)
+    keys = torch.rand(batch, total - 1, generator=generator, device=device)  # (batch, total - 1)
+    cuts = keys.argsort(dim=1)[:, : parts - 1].add_(1).sort(dim=1).values  # (batch, parts - 1)
+    edges = torch.cat([torch.zeros(batch, 1, dtype=torch.long, device=device), cuts,
+                       torch.full((batch, 1), total, dtype=torch.long, device=device)], dim=1)
+    return edges.diff(dim=1)  # (batch, parts), each row sums to total
+
+
+def random_partition(total: int, parts: int, generator: torch.Generator | None = None) -> list[int]:
+    """One split of ``total`` into ``parts`` positive integers: :func:`random_partitions`'s."""
+    return random_partitions(total, parts, 1, generator)[0].tolist()
 
 
 def span_counts(length: int, rate: float, mean_span: float) -> tuple[int, int]:
@@ -168,36 +184,63 @@ def span_counts(length: int, rate: float, mean_span: float) -> tuple[int, int]:
     return n_noise, n_spans
 
 
+def span_layout(x: torch.Tensor, tokenizer, rate: float = 0.15, mean_span: float = 3.0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """T5's span corruption (Raffel et al. 2020) of every row of ``x`` (B, L) at once: returns
+    ``seq`` = source + target (B, S) and the source length (the same for every row).
+
+    Each row's L tokens are cut into n_spans kept runs and n_spans noise spans, alternating
+    keep_1 noise_1 ... keep_n noise_n, with lengths from :func:`random_partitions` (n_noise
+    tokens in all, :func:`span_counts`). With a character vocabulary the one [MASK] token serves
+    as every sentinel (the k-th [MASK] of the target names the k-th of the source):
+
+        source = keep_1 [MASK] keep_2 [MASK] ... keep_n [MASK] [SEP]   L - n_noise + n_spans + 1
+        target = [MASK] noise_1 [MASK] noise_2 ... [MASK] noise_n [SEP]      n_noise + n_spans + 1
+
+    Every token goes to its place in one scatter: a kept token p of run k to
+    p - (noise before p) + k, a noise token p of span k to len(source) + (noise before p) + k + 1.
+    """
+    b, length = x.shape
+    n_noise, n_spans = span_counts(length, rate, mean_span)
+    device = generator.device if generator is not None else x.device
+    noise = random_partitions(n_noise, n_spans, b, generator, device).to(x.device)  # (B, n)
+    keep = random_partitions(length - n_noise, n_spans, b, generator, device).to(x.device)
+    source_len, target_len = length - n_noise + n_spans + 1, n_noise + n_spans + 1
+    ends = torch.stack([keep, noise], dim=2).flatten(1).cumsum(1)  # (B, 2n) ends of the runs
+    pos = torch.arange(length, device=x.device).repeat(b, 1)  # (B, L)
+    segment = torch.searchsorted(ends, pos, right=True)  # (B, L): 2k keep run k, 2k+1 span k
+    is_noise, k = segment % 2 == 1, segment // 2
+    noise_before = is_noise.long().cumsum(1) - is_noise.long()  # (B, L)
+    dest = torch.where(is_noise, source_len + noise_before + k + 1, pos - noise_before + k)
+    spans = torch.arange(n_spans, device=x.device)  # (n,)
+    source_masks = keep.cumsum(1) + spans  # (B, n): after keep runs 1..k+1 and k masks
+    target_masks = source_len + noise.cumsum(1) - noise + spans  # (B, n)
+    seq = torch.full((b, source_len + target_len), tokenizer.sep_id, dtype=x.dtype,
+                     device=x.device)  # (B, S); the two [SEP]s stay
+    seq.scatter_(1, dest, x)
+    seq.scatter_(1, torch.cat([source_masks, target_masks], 1), tokenizer.mask_id)
+    return seq, source_len
+
+
 def span_corruption(ids: torch.Tensor, tokenizer, rate: float = 0.15, mean_span: float = 3.0,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5's span corruption (Raffel et al. 2020) on one 1-D sequence; returns (source, target).
-
-    round(L * rate) tokens in about n_noise / mean_span contiguous spans are removed; each span is
-    replaced in the source by one sentinel, and the target lists the sentinels each followed by
-    the span it hides, then [SEP]. With a character vocabulary the one [MASK] token serves as every
-    sentinel (the k-th [MASK] of the target names the k-th of the source):
-
-        source = keep_1 [MASK] keep_2 [MASK] ... keep_n [MASK] [SEP]
-        target = [MASK] span_1 [MASK] span_2 ... [MASK] span_n [SEP]
-    """
+    """T5's span corruption on one 1-D sequence; returns (source, target) as laid out by
+    :func:`span_layout`: round(L * rate) tokens in about n_noise / mean_span contiguous spans are
+    removed; each span is replaced in the source by one sentinel, and the target lists the
+    sentinels each followed by the span it hides, then [SEP]."""
     if ids.dim() != 1 or ids.numel() < 2:
         raise ValueError("span_corruption takes one 1-D sequence of >= 2 ids, "
                          f"got shape {tuple(ids.shape)}.")
+    _check_span_options(rate, mean_span)
+    seq, source_len = span_layout(ids[None], tokenizer, rate, mean_span, generator)
+    return seq[0, :source_len], seq[0, source_len:]
+
+
+def _check_span_options(rate: float, mean_span: float) -> None:
     if not 0 < rate < 1:
         raise ValueError(f"rate={rate!r} is invalid: expected a corruption rate in (0, 1).")
     if mean_span < 1:
         raise ValueError(f"mean_span={mean_span!r} is invalid: expected a span length >= 1.")
-    n_noise, n_spans = span_counts(ids.numel(), rate, mean_span)
-    noise_lengths = random_partition(n_noise, n_spans, generator)
-    keep_lengths = random_partition(ids.numel() - n_noise, n_spans, generator)
-    mask_id = torch.tensor([tokenizer.mask_id], device=ids.device)
-    sep_id = torch.tensor([tokenizer.sep_id], device=ids.device)
-    source, target, start = [], [], 0
-    for keep, noise in zip(keep_lengths, noise_lengths, strict=True):  # keep, then drop, n times
-        source += [ids[start : start + keep], mask_id]
-        target += [mask_id, ids[start + keep : start + keep + noise]]
-        start += keep + noise
-    return torch.cat([*source, sep_id]), torch.cat([*target, sep_id])
 
 
 def span_source_length(t: int, rate: float, mean_span: float) -> int:
@@ -212,24 +255,21 @@ def span_corruption_batch(x: torch.Tensor, tokenizer, rate: float = 0.15, mean_s
                           generator: torch.Generator | None = None):
     """Span corruption laid out for a decoder-only model as a prefix LM.
 
-    Each row's first L tokens (L = :func:`span_source_length`) give seq = source + target; the
-    model reads ``inputs = seq[:-1]`` (padded with [PAD] to T) with ``prefix_len = len(source)``
-    bidirectional and predicts ``labels = seq[1:]`` on the target part only (-100 elsewhere).
-    Returns inputs (B, T), labels (B, T), prefix_len (B,).
+    Each row's first L tokens (L = :func:`span_source_length`) give seq = source + target
+    (:func:`span_layout`); the model reads ``inputs = seq[:-1]`` (padded with [PAD] to T) with
+    ``prefix_len = len(source)`` bidirectional and predicts ``labels = seq[1:]`` on the target part
+    only (-100 elsewhere). Returns inputs (B, T), labels (B, T), prefix_len (B,).
     """
+    _check_span_options(rate, mean_span)
     b, t = x.shape
     length = span_source_length(t, rate, mean_span)
+    seq, source_len = span_layout(x[:, :length], tokenizer, rate, mean_span, generator)  # (B, S)
+    n = seq.size(1) - 1  # S - 1 <= T
     inputs = torch.full_like(x, tokenizer.pad_id)  # (B, T)
     labels = torch.full_like(x, IGNORE_INDEX)  # (B, T)
-    prefix_len = torch.empty(b, dtype=torch.long, device=x.device)  # (B,)
-    for row in range(b):
-        source, target = span_corruption(x[row, :length], tokenizer, rate, mean_span, generator)
-        seq = torch.cat([source, target])  # (L + 2 n_spans + 2,)
-        n = seq.numel() - 1
-        inputs[row, :n] = seq[:-1]
-        labels[row, :n] = seq[1:]
-        labels[row, : source.numel() - 1] = IGNORE_INDEX  # the source is read, not predicted
-        prefix_len[row] = source.numel()
+    inputs[:, :n] = seq[:, :-1]
+    labels[:, source_len - 1 : n] = seq[:, source_len:]  # the source is read, not predicted
+    prefix_len = torch.full((b,), source_len, dtype=torch.long, device=x.device)  # (B,)
     return inputs, labels, prefix_len
 
 
@@ -379,3 +419,24 @@ PREDICTS = {
     "mlm_nsp": "the masked characters, plus whether segment B follows A",
 }
 """What each objective's loss scores, in words (its unit is nats per predicted character)."""
+
+NEEDS_CAUSAL_MODEL = {"clm": True, "mlm": False, "mlm_sop": False, "mlm_nsp": False,
+                      "prefix": None, "span": None}
+"""Which attention each objective needs from ``ModelConfig.causal``: ``True`` (CLM: with a
+bidirectional model each position would see the token it predicts, a leak, not learning),
+``False`` (the MLM family: a causal model cannot read the right-hand context of a mask), ``None``
+(prefix LM and span corruption pass their own prefix mask and fit either)."""
+
+
+def check_objective_fits(objective: str, causal: bool) -> None:
+    """ValueError naming both when ``objective`` cannot train a model with ``causal``."""
+    needs = NEEDS_CAUSAL_MODEL.get(objective)
+    if needs is None or needs == causal:
+        return
+    model = "causal (GPT-style)" if causal else "bidirectional (BERT-style)"
+    why = ("each position must see only the tokens before the one it predicts" if needs
+           else "it reads both sides of each masked token")
+    raise ValueError(
+        f"objective={objective!r} does not fit a {model} model (ModelConfig.causal={causal}): "
+        f"{why}. Build the model with ModelConfig(causal={needs}), or pick an objective that "
+        "fits.")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import generator_device
+
 
 @dataclass(frozen=True)
 class Speech:
@@ -54,7 +56,8 @@ def _coin(n: int, generator: torch.Generator | None) -> list[int]:
     """n labels, exactly half of them 1 (n even), in a random order."""
     labels = torch.zeros(n, dtype=torch.long)
     labels[: n // 2] = 1
-    return labels[torch.randperm(n, generator=generator)].tolist()
+    order = torch.randperm(n, generator=generator, device=generator_device(generator))  # (n,)
+    return labels[order.cpu()].tolist()
 
 
 def nsp_examples(pairs: list[tuple[str, str]], generator: torch.Generator | None = None,
@@ -64,7 +67,8 @@ def nsp_examples(pairs: list[tuple[str, str]], generator: torch.Generator | None
     if len(pairs) < 2:
         raise ValueError(f"nsp_examples needs at least 2 pairs, got {len(pairs)}.")
     labels = _coin(len(pairs), generator)
-    others = torch.randint(0, len(pairs), (len(pairs),), generator=generator).tolist()
+    others = torch.randint(0, len(pairs), (len(pairs),), generator=generator,
+                           device=generator_device(generator)).tolist()
     out = []
     for i, ((a, b), label) in enumerate(zip(pairs, labels, strict=True)):
         j = others[i]
@@ -170,7 +174,8 @@ class SpeakerData:
         train_idx, test_idx = [], []
         for c in range(len(self.names)):
             idx = (self.labels == c).nonzero().flatten()
-            idx = idx[torch.randperm(len(idx), generator=generator)]
+            idx = idx[torch.randperm(len(idx), generator=generator,
+                                     device=generator_device(generator)).cpu()]
             n_test = max(1, round(len(idx) * test_fraction))
             test_idx.append(idx[:n_test])
             train_idx.append(idx[n_test:])
@@ -191,7 +196,8 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
     labels = torch.empty(n * k, dtype=torch.long)  # (N,)
     row = 0
     for label, name in enumerate(names):
-        chosen = torch.randperm(len(by_name[name]), generator=generator)[:n].tolist()
+        chosen = torch.randperm(len(by_name[name]), generator=generator,
+                                device=generator_device(generator))[:n].tolist()
         for i in chosen:
             enc = tokenizer.encode(by_name[name][i].text[:t])
             ids[row, : len(enc)] = torch.tensor(enc)

@@ -28,6 +28,7 @@ from .config import ModelConfig, TrainConfig
 from .data import Corpus
 from .device import autocast_dtype, pick_device
 from .model import Transformer
+from .modes import eval_mode
 from .objectives import IGNORE_INDEX, ObjectiveContext
 
 # ------------------------------------------------------------------------------ label smoothing
@@ -141,14 +142,12 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor,
 def predict_probabilities(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token probabilities on ``batches`` of (x, y), in eval mode (restored afterwards):
     returns probs (N, V) and targets (N,), N = sum of B * T over the batches, on the CPU."""
-    was_training = model.training
-    model.eval()
     probs, targets = [], []
-    for x, y in batches:  # (B, T), (B, T)
-        logits = model(x).float()  # (B, T, V)
-        probs.append(torch.softmax(logits, dim=-1).flatten(0, 1).cpu())  # (B*T, V)
-        targets.append(y.flatten().cpu())  # (B*T,)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:  # (B, T), (B, T)
+            logits = model(x).float()  # (B, T, V)
+            probs.append(torch.softmax(logits, dim=-1).flatten(0, 1).cpu())  # (B*T, V)
+            targets.append(y.flatten().cpu())  # (B*T,)
     return torch.cat(probs), torch.cat(targets)
 
 

@@ -218,3 +218,100 @@ def test_cost_functions_agree_and_memory_is_measured():
     assert 3.5 < naive[128]["allocated_bytes"] / naive[64]["allocated_bytes"] < 4.5  # ~T^2
     fused = measure("sdpa", 128, heads=2, head_dim=8, repeats=1)
     assert fused["allocated_bytes"] < score_bytes(1, 2, 128)
+
+
+# --------------------------------------------- fully masked rows, masks that rule a kernel out
+
+
+def test_fully_masked_rows_give_zeros_in_both_backends_like_pytorch():
+    """A query that may attend to nothing (an all-padding row, or left padding under a causal
+    mask): softmax over -inf alone is 0/0 = NaN; PyTorch's SDPA returns 0 and so must we."""
+    q, k, v = _qkv(2, 3, 4, 8)  # (B, H, T, d_k)
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, :, 1] = False  # batch 0: query 1 sees no key
+    mask[1] = causal_mask(4) & torch.tensor([False, False, True, True])  # left padding, causal
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                               **FP32)
+    assert out.isfinite().all() and (out[0, :, 1] == 0).all() and (out[1, :, :2] == 0).all()
+    assert (weights[0, :, 1] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), mask.any(-1).expand(2, 3, 4).float())
+    q.requires_grad_(True)
+    scaled_dot_product_attention(q, k, v, mask)[0].sum().backward()
+    assert q.grad.isfinite().all() and (q.grad[0, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_both_backends_check_the_mask_alike(backend):
+    mha = MultiHeadAttention(8, 2, backend=backend)
+    x = torch.randn(1, 4, 8)
+    with pytest.raises(ValueError, match="bool"):
+        mha(x, torch.zeros(4, 4))  # an additive float mask: SDPA would take it silently
+    with pytest.raises(ValueError, match="does not broadcast"):
+        mha(x, torch.ones(3, 5, dtype=torch.bool))
+
+
+def _spy_sdpa(monkeypatch):
+    """Record the attn_mask and is_causal of every call to PyTorch's fused attention."""
+    calls, real = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        calls.append((attn_mask, is_causal))
+        return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_causal_sdpa_builds_no_mask_and_lets_the_kernel_mask(monkeypatch):
+    """A (T, T) mask per layer is wasted work on the fused path, and a mask tensor rules the
+    flash kernel out: the causal forward passes is_causal=True and no mask."""
+    built = []
+    import lmlab.attention as attention
+
+    real_mask = attention.causal_mask
+    monkeypatch.setattr(attention, "causal_mask",
+                        lambda *a, **k: built.append(a) or real_mask(*a, **k))
+    calls = _spy_sdpa(monkeypatch)
+    config = ModelConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, d_model=16)
+    idx = torch.randint(0, 11, (2, 8))
+    logits = Transformer(config)(idx)
+    assert built == [] and calls == [(None, True)] * 3
+    torch.manual_seed(0)
+    naive = Transformer(config.replace(attention="naive"))
+    torch.manual_seed(0)
+    fused = Transformer(config)
+    torch.testing.assert_close(fused(idx), naive(idx), **FP32)
+    assert len(built) == 3 and logits.shape == (2, 8, 11)  # the naive path does need it
+
+
+def test_kv_cache_decoding_passes_no_mask(monkeypatch):
+    """One new query at the end of the cached keys may see every key: its causal mask is all
+    True, and passing it anyway keeps the kernel from its fastest path."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2)
+    x = torch.randn(1, 6, 8)
+    full = mha(x, is_causal=True)
+    calls = _spy_sdpa(monkeypatch)
+    cache: dict = {}
+    parts = [mha(x[:, :4], is_causal=True, cache=cache)]  # prefill: kernel-side causal mask
+    parts += [mha(x[:, t : t + 1], is_causal=True, cache=cache) for t in (4, 5)]  # decode
+    assert calls == [(None, True), (None, False), (None, False)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-6, rtol=1e-5)
+    past = {"k": cache["k"][:, :, :4], "v": cache["v"][:, :, :4]}
+    two = mha(x[:, 4:6], is_causal=True, cache=past)  # two queries after a cache: mask needed
+    assert calls[-1][0] is not None and calls[-1][0].tolist() == causal_mask(2, 6).tolist()
+    torch.testing.assert_close(two, full[:, 4:6], atol=1e-6, rtol=1e-5)
+
+
+def test_unscaled_sinusoidal_table_is_35_times_the_token_embeddings():
+    """The docstring's number: rows of norm sqrt(d/2) against N(0, 0.02) rows of norm
+    0.02 sqrt(d) (for large d), a ratio of sqrt(1/2) / 0.02 = 35.36 whatever d is."""
+    d = 1024
+    gen = torch.Generator().manual_seed(0)
+    embedding_rows = torch.empty(512, d).normal_(0, 0.02, generator=gen)  # (512, d)
+    ratio = sinusoidal_positions(512, d).norm(dim=-1).mean() / embedding_rows.norm(dim=-1).mean()
+    # the mean of 512 row norms estimates 0.02 sqrt(d) with relative sd 1 / sqrt(2 d 512) = 1e-3
+    # (and bias 1 / (4 d) = 2e-4): 5e-3 is five standard deviations
+    assert ratio.item() == pytest.approx(math.sqrt(0.5) / 0.02, rel=5e-3)
+    assert 35.2 < ratio.item() < 35.6  # the docstring's 35.4, not "about 50"

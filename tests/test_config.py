@@ -1,6 +1,10 @@
 """Config validation: bad values fail at construction with a message naming field, value and fix."""
 
+import dataclasses
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmlab import ModelConfig, TrainConfig
 
@@ -61,3 +65,68 @@ def test_replace_validates_again():
     assert tc.replace(lr=3e-3).lr == 3e-3
     with pytest.raises(ValueError, match="lr"):
         tc.replace(lr=0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "field"),
+    [
+        (TrainConfig, dict(lr=True), "lr=True"),
+        (ModelConfig, dict(vocab_size=65, bias="no"), "bias='no'"),
+        (ModelConfig, dict(vocab_size=65, causal=1), "causal=1"),
+        (ModelConfig, dict(vocab_size=65, tie_weights="yes"), "tie_weights='yes'"),
+        (ModelConfig, dict(vocab_size=65, scale_residual_init=None), "scale_residual_init=None"),
+        (TrainConfig, dict(compile="true"), "compile='true'"),
+        (TrainConfig, dict(progress=0), "progress=0"),
+        (TrainConfig, dict(keep_best="no", checkpoint_dir="x"), "keep_best='no'"),
+        (TrainConfig, dict(seed=2**70), f"seed={2**70}"),
+        (TrainConfig, dict(device="cuda:abc"), "device='cuda:abc'"),
+        (TrainConfig, dict(checkpoint_dir=123), "checkpoint_dir=123"),
+        (TrainConfig, dict(betas=(True, 0.99)), "betas=(True, 0.99)"),
+        (TrainConfig, dict(eps=10**400), "eps="),
+    ],
+)
+def test_holes_in_validation_are_closed(cls, kwargs, field):
+    """Each of these was accepted before (lr=True trained at lr 1.0, bias='no' built biases) or
+    failed deep in torch or pathlib."""
+    with pytest.raises(ValueError) as err:
+        cls(**kwargs)
+    assert f"{cls.__name__}.{field}" in str(err.value)
+
+
+def test_checkpoint_dir_may_be_a_path_and_is_kept_as_text(tmp_path):
+    tc = TrainConfig(checkpoint_dir=tmp_path / "ckpt")
+    assert tc.checkpoint_dir == str(tmp_path / "ckpt")  # plain data: checkpoints store configs
+
+
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=-3, max_value=300),
+    st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=0, max_value=1),
+    st.text(max_size=12), st.sampled_from(["auto", "cpu", "cuda:0", "cuda:x", "rope", "sgd",
+                                           "cosine", "mlm", "bfloat16", "sdpa", ""]),
+    st.lists(st.floats(min_value=0, max_value=1), max_size=3),
+    st.tuples(st.floats(min_value=0, max_value=1), st.floats(min_value=0, max_value=1)),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(field=st.sampled_from(_fields(ModelConfig)), value=ANY_VALUE)
+def test_any_model_config_value_builds_or_names_its_field(field, value):
+    kwargs = {"vocab_size": 65, field: value}
+    try:
+        ModelConfig(**kwargs)
+    except ValueError as err:
+        assert f"{field}=" in str(err), str(err)  # the field itself, or the rule that ties it
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(field=st.sampled_from(_fields(TrainConfig)), value=ANY_VALUE)
+def test_any_train_config_value_builds_or_names_its_field(field, value):
+    try:
+        TrainConfig(**{field: value})
+    except ValueError as err:
+        assert f"{field}=" in str(err), str(err)

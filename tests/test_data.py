@@ -118,3 +118,44 @@ def test_batch_sampler_is_seeded():
 def test_batch_sampler_rejects_too_little_data():
     with pytest.raises(ValueError, match="block_size=16"):
         BatchSampler(torch.arange(10), block_size=16, batch_size=2)
+
+
+def test_data_dir_without_the_file_is_an_error_not_a_download(tmp_path, monkeypatch):
+    """Before the fix an LMLAB_DATA_DIR without the file fell through to a network download."""
+    (tmp_path / "cache" / "data").mkdir(parents=True)
+    (tmp_path / "cache" / "data" / "tinyshakespeare.txt").write_text("a cached copy")
+    monkeypatch.setenv("LMLAB_DATA_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("LMLAB_DATA_DIR is set: nothing may be downloaded")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
+    with pytest.raises(FileNotFoundError) as err:
+        data.corpus_path("tinyshakespeare")
+    message = str(err.value)
+    assert str(tmp_path / "mine") in message and "tinyshakespeare.txt" in message
+
+
+def test_bad_download_names_no_deleted_file_and_leaves_nothing(tmp_path, monkeypatch):
+    """Before the fix the checksum error named the temporary .part file it had just deleted."""
+    monkeypatch.delenv("LMLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return b"not shakespeare at all"
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: Response())
+    with pytest.raises(ValueError, match="sha256") as err:
+        data.corpus_path("tinyshakespeare")
+    message = str(err.value)
+    assert data.SOURCES["tinyshakespeare"].url in message and "nothing was saved" in message
+    assert ".part" not in message and str(tmp_path) not in message
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []

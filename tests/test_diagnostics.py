@@ -72,7 +72,8 @@ def _one_step(optimizer_cls, lr, **kw):
     g = layer.weight.grad.clone()
     theta = layer.weight.detach().clone()
     opt.step()
-    return tracker(), g, theta
+    tracker()
+    return tracker.rows[-1], g, theta
 
 
 def test_update_ratio_equals_sgd_formula_for_sgd():
@@ -88,6 +89,29 @@ def test_update_ratio_for_adam_is_not_the_sgd_formula():
     assert row["w"] == pytest.approx(adam_first, rel=1e-4)
     sgd_formula = lr * float(g.norm()) / float(theta.norm())
     assert row["w"] > 3 * sgd_formula  # the SGD shortcut is far off for Adam
+
+
+def test_tracker_ratios_equal_update_to_data_ratio_at_every_step():
+    torch.manual_seed(0)
+    weights = {"a": nn.Parameter(torch.randn(6, 4)), "b": nn.Parameter(torch.randn(3)),
+               "zero": nn.Parameter(torch.zeros(2, 2))}
+    tracker = D.UpdateRatioTracker(weights)
+    expected = []
+    for step in range(1, 4):
+        before = {n: p.detach().clone() for n, p in weights.items()}
+        with torch.no_grad():
+            for p in weights.values():
+                p.add_(0.1 * step * torch.randn_like(p))
+        tracker({"step": 10 * step})
+        expected.append({"step": 10 * step, **{n: D.update_to_data_ratio(before[n], p)
+                                               for n, p in weights.items()}})
+        if step == 2:  # reading the rows midway leaves later steps to come
+            assert [r["step"] for r in tracker.rows] == [10, 20]
+    assert [r.keys() for r in tracker.rows] == [r.keys() for r in expected]
+    for got, want in zip(tracker.rows, expected, strict=True):
+        for name in weights:  # float32 norms on both sides, in a different order of operations
+            assert got[name] == pytest.approx(want[name], rel=1e-6), (got["step"], name)
+    assert tracker.rows[0]["zero"] == math.inf
 
 
 def test_training_monitor_as_a_train_callback():

@@ -1,9 +1,12 @@
 """Experiment runner: caching by configuration, custom builders, sweeps and tidy records."""
 
+import json
+
 import pytest
 import torch
 
-from lmlab import ModelConfig, TrainConfig, Transformer
+from lmlab import ModelConfig, TrainConfig, Transformer, experiments
+from lmlab.data import CharTokenizer, Corpus
 from lmlab.experiments import grid, records, run_experiment, run_key, sweep
 
 
@@ -65,3 +68,58 @@ def test_runs_depend_only_on_configs(setup):
     b = run_experiment(mc, tc, cache=False)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(a.history) == strip(b.history)
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+DAMAGED_ENTRIES = {
+    "truncated json": ("result.json", lambda b: b[: len(b) // 2]),
+    "empty json": ("result.json", lambda b: b""),
+    "empty object": ("result.json", lambda b: b"{}"),
+    "a list": ("result.json", lambda b: b"[]"),
+    "no rows": ("result.json", lambda b: json.dumps({"history": []}).encode()),
+    "truncated weights": ("model.pt", lambda b: b[: len(b) // 2]),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_ENTRIES))
+def test_damaged_cache_entry_is_computed_again(setup, damage):
+    """Before the fix: JSONDecodeError, KeyError, or cached=True with weights that fail to load."""
+    mc, tc, tmp = setup
+    first = run_experiment(mc, tc, keep_model=True)
+    name, spoil = DAMAGED_ENTRIES[damage]
+    path = tmp / "runs" / first.key / name
+    path.write_bytes(spoil(path.read_bytes()))
+    with pytest.warns(RuntimeWarning, match=name):
+        again = run_experiment(mc, tc, keep_model=True)
+    assert not again.cached and _strip(again.history) == _strip(first.history)
+    assert isinstance(again.load_model(), Transformer)
+    third = run_experiment(mc, tc, keep_model=True)  # the entry was written again, whole
+    assert third.cached and third.history == again.history
+
+
+def test_failed_cache_write_leaves_no_temporary_file(setup, monkeypatch):
+    mc, tc, tmp = setup
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(experiments.json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        run_experiment(mc, tc)
+    folder = next((tmp / "runs").iterdir())
+    assert [p.name for p in folder.iterdir()] == []  # no tmp*.tmp, no half-written result
+
+
+def test_key_tells_apart_texts_of_equal_name_and_size_and_the_dtype_used(setup, monkeypatch):
+    mc, tc, _ = setup
+    tok = CharTokenizer("abcdefgh")
+    a = Corpus("notes", tok, torch.tensor([0, 1, 2, 3] * 50), torch.tensor([4, 5, 6, 7] * 10))
+    b = Corpus("notes", tok, torch.tensor([3, 2, 1, 0] * 50), torch.tensor([4, 5, 6, 7] * 10))
+    assert run_key(mc, tc, a) != run_key(mc, tc, b)
+    assert run_key(mc, tc, a) == run_key(mc, tc, Corpus("notes", tok, a.train.clone(), a.val))
+    fp32 = run_key(mc, tc, a)  # dtype="auto" resolves to float32 on the CPU ...
+    monkeypatch.setattr(experiments, "autocast_dtype", lambda device, pref: torch.bfloat16)
+    assert run_key(mc, tc, a) != fp32  # ... and a bf16 run of the same config is another run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -59,3 +61,25 @@ def test_generation_past_block_size_stays_identical():
     a = generate_ids(model, idx, 12, 0.0, use_cache=True)
     b = generate_ids(model, idx, 12, 0.0, use_cache=False)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(temperature=float("nan")), "temperature=nan"),
+        (dict(temperature=float("inf")), "temperature=inf"),
+        (dict(temperature=-1.0), "temperature=-1.0"),
+        (dict(top_k=2.5), "top_k=2.5"),
+        (dict(top_k=0), "top_k=0"),
+        (dict(max_new_tokens=-3), "max_new_tokens=-3"),
+        (dict(max_new_tokens=2.0), "max_new_tokens=2.0"),
+    ],
+)
+def test_bad_sampling_settings_are_clear_errors(kwargs, field):
+    """Before the fix: torch's sampling error for nan, a TypeError for top_k=2.5, and the bare
+    prompt for max_new_tokens=-3."""
+    args = dict(max_new_tokens=5, temperature=1.0, top_k=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=f"^{re.escape(field)} is invalid"):
+        generate_ids(_model("learned"), torch.tensor([[1, 2]]), args["max_new_tokens"],
+                     args["temperature"], args["top_k"], torch.Generator().manual_seed(0))

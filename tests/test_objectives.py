@@ -25,9 +25,12 @@ from lmlab.objectives import (
     prefix_lm_labels,
     prefix_lm_mask,
     random_partition,
+    random_partitions,
     span_corruption,
     span_corruption_batch,
     span_counts,
+    span_layout,
+    span_source_length,
     window_pairs,
 )
 
@@ -116,6 +119,65 @@ def test_span_batch_predicts_only_the_target():
         assert labels[row, p - 1] == TOK.mask_id  # the first thing predicted: the first sentinel
         real = labels[row] != IGNORE_INDEX
         assert torch.equal(labels[row, real][:-1], inputs[row, p : p + int(real.sum()) - 1])
+
+
+def reference_span_layout(x: torch.Tensor, noise: torch.Tensor, keep: torch.Tensor) -> list:
+    """Rows of source + target built one span at a time in Python (the layout's definition)."""
+    rows = []
+    for row, noise_row, keep_row in zip(x.tolist(), noise.tolist(), keep.tolist(), strict=True):
+        source, target, start = [], [], 0
+        for k, n in zip(keep_row, noise_row, strict=True):
+            source += [*row[start : start + k], TOK.mask_id]
+            target += [TOK.mask_id, *row[start + k : start + k + n]]
+            start += k + n
+        rows.append([*source, TOK.sep_id, *target, TOK.sep_id])
+    return rows
+
+
+def test_span_layout_equals_the_span_by_span_construction():
+    x = torch.randint(0, TOK.n_chars, (16, 40), generator=torch.Generator().manual_seed(4))
+    n_noise, n_spans = span_counts(40, 0.15, 3.0)
+    g = torch.Generator().manual_seed(5)
+    noise = random_partitions(n_noise, n_spans, 16, g)  # the draws span_layout makes, in order
+    keep = random_partitions(40 - n_noise, n_spans, 16, g)
+    seq, source_len = span_layout(x, TOK, 0.15, 3.0, torch.Generator().manual_seed(5))
+    assert seq.tolist() == reference_span_layout(x, noise, keep)
+    assert source_len == 40 - n_noise + n_spans + 1
+
+
+def test_random_partitions_are_uniform_compositions():
+    # A uniform composition of N into k positive parts has P(first part = j) =
+    # C(N - j - 1, k - 2) / C(N - 1, k - 1) (the other k - 1 parts compose N - j). With n rows the
+    # observed frequency of j has standard deviation sqrt(p (1 - p) / n): allow 4 of them.
+    total, parts, n = 10, 3, 4000
+    lengths = random_partitions(total, parts, n, torch.Generator().manual_seed(6))
+    assert lengths.shape == (n, parts) and (lengths >= 1).all() and (lengths.sum(1) == total).all()
+    first = torch.bincount(lengths[:, 0], minlength=total)
+    for j in range(1, total - parts + 2):
+        p = math.comb(total - j - 1, parts - 2) / math.comb(total - 1, parts - 1)
+        assert abs(float(first[j]) / n - p) < 4 * math.sqrt(p * (1 - p) / n), (j, p)
+    # the parts are exchangeable: the mean of each is total / parts, within 4 standard errors
+    sd = lengths.float().std(0) / math.sqrt(n)
+    assert ((lengths.float().mean(0) - total / parts).abs() < 4 * sd).all()
+
+
+def test_span_batch_statistics():
+    # corruption rate and mean span length are fixed by span_counts, not sampled: every row of
+    # every batch removes exactly n_noise of its L characters in exactly n_spans spans.
+    t, rate = 64, 0.15
+    length = span_source_length(t, rate, 3.0)
+    n_noise, n_spans = span_counts(length, rate, 3.0)
+    x = torch.randint(0, TOK.n_chars, (200, t), generator=torch.Generator().manual_seed(7))
+    inputs, labels, prefix_len = span_corruption_batch(x, TOK, rate, 3.0,
+                                                       torch.Generator().manual_seed(8))
+    target = labels[:, prefix_len[0] - 1 :]  # (B, target length + padding)
+    hidden = (target != IGNORE_INDEX) & (target != TOK.mask_id) & (target != TOK.sep_id)
+    sentinels = target == TOK.mask_id
+    assert (hidden.sum(1) == n_noise).all() and (sentinels.sum(1) == n_spans).all()
+    assert hidden.sum(1).float().mean() / length == n_noise / length  # corruption rate
+    assert abs(n_noise / length - rate) <= 0.5 / length  # round(L * rate)
+    assert abs(n_noise / n_spans - 3.0) < 1.0  # mean span length, round(n_noise / 3) spans
+    assert (prefix_len == length - n_noise + n_spans + 1).all()
 
 
 @pytest.mark.parametrize("task", ["sop", "nsp"])

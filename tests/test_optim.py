@@ -98,25 +98,127 @@ class _TorchMuonWithAdamW:
             opt.zero_grad(set_to_none=set_to_none)
 
 
-def test_muon_matches_torch_muon_plus_adamw():
+def test_muon_matches_torch_muon_plus_adamw(monkeypatch):
+    # torch.optim.Muon always orthogonalizes in bf16, ours in the device's dtype: give both the same
+    # fp32 Newton-Schulz (ours), so that this checks the rest of the step (momentum, Nesterov, the
+    # lr adjustment, decoupled decay) exactly; the Newton-Schulz tests below compare the two
+    # orthogonalizers themselves, each within the tolerance of its dtype.
+    def fp32_newton_schulz(grad, coefficients, steps, eps):
+        return scratch.newton_schulz(grad, steps, eps, coefficients, dtype=torch.float32)
+
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", fp32_newton_schulz)
+
     def ours(groups):
         for g in groups:
             g["use_muon"] = g["name"] == "decay"
-        return scratch.Muon(groups, lr=2e-3, momentum=0.95, betas=(0.9, 0.99))
+        return scratch.Muon(groups, lr=2e-3, momentum=0.95, betas=(0.9, 0.99),
+                            ns_dtype=torch.float32)
 
     assert_parity(ours, lambda g: _TorchMuonWithAdamW(g, 2e-3, 0.95, (0.9, 0.99)))
 
 
-def test_newton_schulz_equals_torch_and_orthogonalizes():
-    g = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
-    for m in (g, g.T):  # wide and tall
-        ours = scratch.newton_schulz(m)
-        torch.testing.assert_close(ours, _zeropower_via_newtonschulz(m, scratch.NS_COEFFICIENTS,
-                                                                      5, 1e-7), atol=0, rtol=0)
+def quintic_by_svd(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Newton-Schulz in exact arithmetic (float64): on G = U S V^T it is U p^steps(S/||G||_F) V^T,
+    with p(s) = a s + b s^3 + c s^5 applied to each singular value."""
+    u, s, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    s = s / g.double().norm()
+    for _ in range(steps):
+        s = scratch.NS_A * s + scratch.NS_B * s**3 + scratch.NS_C * s**5
+    return u @ torch.diag(s) @ vh
+
+
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((x.double() - reference.double()).norm() / reference.double().norm())
+
+
+def rounding_bound(dtype: torch.dtype, roundings: int, products: int = 0, k: int = 512) -> float:
+    """Relative Frobenius error of a computation that rounds ``roundings`` stored results to
+    ``dtype`` and accumulates ``products`` matrix products with dot products of length ``k`` in
+    it: each stored rounding is at most u (u = 2^-24 in fp32, 2^-8 in bf16), each dot product
+    about sqrt(k) u (Higham's probabilistic bound); independent errors add in quadrature, and the
+    bound takes 3 times that (3 sigma)."""
+    u = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8}[dtype]
+    return 3 * u * math.sqrt(roundings + products * k)
+
+
+# Roundings of one 5-step Newton-Schulz: ours stores 7 results per step (A, a I, b A, A A,
+# c A A, P, P X) plus 2 for the normalization: 37; torch's fused addmm form stores 3 per step plus
+# 1: 16. Products of bf16 matrices accumulate in fp32 (CPU and GPU alike), so in bf16 only the
+# stored results count; in fp32 the 15 products' dot products (length <= 512 here) count as well.
+NS_BOUND = {torch.float32: rounding_bound(torch.float32, 37, products=15),  # 1.6e-5
+            torch.bfloat16: rounding_bound(torch.bfloat16, 37)}  # 0.071
+TORCH_NS_BOUND = rounding_bound(torch.bfloat16, 16)  # 0.047
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_newton_schulz_matches_the_exact_quintic_and_torch_muon(dtype):
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((24, 40), (40, 24), (128, 512), (512, 128)):  # wide and tall
+        g = torch.randn(shape, generator=gen)
+        ours = scratch.newton_schulz(g, dtype=dtype)
+        assert ours.dtype == dtype and ours.shape == g.shape
+        # measured (torch 2.13, CPU): fp32 about 1.4e-6, bf16 about 0.03
+        assert relative_error(ours, quintic_by_svd(g)) < NS_BOUND[dtype], shape
+        torch_ns = _zeropower_via_newtonschulz(g, scratch.NS_COEFFICIENTS, 5, 1e-7)
+        # both approximate the same exact value: they differ by at most the sum of their bounds
+        assert relative_error(ours, torch_ns) < NS_BOUND[dtype] + TORCH_NS_BOUND, shape
         s = torch.linalg.svdvals(ours.float())
         # Jordan et al.'s coefficients map singular values into about [0.7, 1.2], not exactly 1.
         assert float(s.min()) > 0.6 and float(s.max()) < 1.25, s
-        assert ours.shape == m.shape
+
+
+def test_newton_schulz_bounds_catch_a_wrong_iteration():
+    # the bounds are tight enough to tell 5 steps from 4, and a bf16 iteration from an fp32 one
+    g = torch.randn(128, 512, generator=torch.Generator().manual_seed(1))
+    exact = quintic_by_svd(g)
+    four_steps = scratch.newton_schulz(g, steps=4, dtype=torch.float32)
+    assert relative_error(four_steps, exact) > NS_BOUND[torch.bfloat16]
+    bf16 = scratch.newton_schulz(g, dtype=torch.bfloat16)
+    assert relative_error(bf16, exact) > NS_BOUND[torch.float32]
+
+
+def test_newton_schulz_dtype_by_device():
+    assert scratch.newton_schulz_dtype("cuda") == torch.bfloat16
+    assert scratch.newton_schulz_dtype("mps") == torch.float32
+    cpu = torch.bfloat16 if scratch.cpu_has_bf16_matmul() else torch.float32
+    assert scratch.newton_schulz_dtype("cpu") == cpu
+    assert scratch.newton_schulz(torch.randn(4, 6)).dtype == cpu
+    scratch.cpu_has_bf16_matmul.cache_clear()
+    with pytest.MonkeyPatch.context() as patch:  # oneDNN limited to AVX2: no bf16 instructions
+        patch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+        assert scratch.newton_schulz_dtype("cpu") == torch.float32
+    scratch.cpu_has_bf16_matmul.cache_clear()
+
+
+def test_batched_newton_schulz_equals_one_at_a_time():
+    stack = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(2))  # (n, rows, cols)
+    batched = scratch.newton_schulz(stack, dtype=torch.float32)
+    for g, o in zip(stack, batched, strict=True):
+        single = scratch.newton_schulz(g, dtype=torch.float32)
+        assert relative_error(o, single) < 2 * NS_BOUND[torch.float32]
+    with pytest.raises(ValueError, match="matrix"):
+        scratch.newton_schulz(torch.randn(2, 2, 3, 4))
+
+
+def test_batched_muon_step_equals_per_matrix_step():
+    models = [tiny_model() for _ in range(2)]
+    x = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(3))
+    for model, batched in zip(models, (False, True), strict=True):
+        groups = param_groups(model, 0.1)
+        for g in groups:
+            g["use_muon"] = g["name"] == "decay"
+        opt = scratch.Muon(groups, lr=1e-2, ns_dtype=torch.float32, batched=batched)
+        F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+    start = tiny_model()
+    with torch.no_grad():
+        pairs = [(p - p0, p - q) for p, q, p0 in zip(models[0].parameters(),
+                                                     models[1].parameters(), start.parameters(),
+                                                     strict=True)]
+    for moved, diff in pairs:
+        # the update moved; batching may change only its rounding
+        assert float(moved.norm()) > 0
+        assert float(diff.norm()) <= 2 * NS_BOUND[torch.float32] * float(moved.norm())
 
 
 def test_muon_rejects_vectors_in_muon_group():
@@ -253,3 +355,24 @@ def test_gradient_descent_on_quadratic_converges_at_rate_of_condition():
     s = ill_conditioned_quadratic(condition=10.0, start=(1.0, 1.0))
     path = trajectory(s, lambda p: scratch.SGD(p, lr=0.1), steps=5)
     assert path[-1] == pytest.approx([0.9**5, 0.0], abs=1e-12)
+
+
+def test_muon_batches_by_default_only_in_bf16(monkeypatch):
+    # measured (benchmarks/RESULTS.md): batching helps a bf16 Newton-Schulz, slows an fp32 one
+    dims = []
+    real = scratch.newton_schulz
+
+    def recording(g, *args, **kwargs):
+        dims.append(g.dim())
+        return real(g, *args, **kwargs)
+
+    monkeypatch.setattr(scratch, "newton_schulz", recording)
+    x = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(3))
+    for dtype, dim in ((torch.bfloat16, 3), (torch.float32, 2)):
+        model, dims[:] = tiny_model(), []
+        groups = param_groups(model, 0.1)
+        for g in groups:
+            g["use_muon"] = g["name"] == "decay"
+        F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+        scratch.Muon(groups, lr=1e-2, ns_dtype=dtype).step()
+        assert dims and set(dims) == {dim}, (dtype, dims)

@@ -84,11 +84,11 @@ def test_interrupt_without_checkpoint_dir_still_saves(corpus, tmp_path, monkeypa
 
 
 def test_divergence_raises_with_history(corpus, tmp_path):
+    """A weight poisoned from outside: the error carries the history, and no checkpoint of the
+    NaN weights is written as if it were a good state."""
     model = tiny_model(corpus)
-    calls = {"n": 0}
 
     def poison(row):
-        calls["n"] += 1
         if row["step"] == 5:
             with torch.no_grad():
                 model.ln_f.weight.fill_(float("nan"))
@@ -96,8 +96,63 @@ def test_divergence_raises_with_history(corpus, tmp_path):
     with pytest.raises(TrainingDiverged, match="step 6") as err:
         train(model, corpus, cfg(checkpoint_dir=str(tmp_path)), callback=poison)
     assert [r["step"] for r in err.value.history] == [1, 2, 3, 4, 5]
-    assert "lower lr" in str(err.value)
-    assert (tmp_path / "step_5.pt").exists()
+    assert "lower lr" in str(err.value) and "non-finite" in str(err.value)
+    assert not list(tmp_path.glob("step_*.pt"))
+
+
+def _all_finite(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, dict):
+        return all(_all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v) for v in obj)
+    return True
+
+
+@pytest.mark.parametrize(("optimizer", "grad_clip"), [("adamw", None), ("sgd", 1.0)])
+def test_divergence_never_applies_a_nonfinite_update(corpus, tmp_path, optimizer, grad_clip):
+    """lr=1e3: before the fix the 'last good state' had NaN in every tensor, because the update
+    from a non-finite gradient was applied before the loss check saw anything."""
+    model = tiny_model(corpus)
+    config = cfg(steps=30, lr=1e3, warmup_steps=0, schedule="constant", optimizer=optimizer,
+                 grad_clip=grad_clip, checkpoint_dir=str(tmp_path))
+    with pytest.raises(TrainingDiverged, match="update was not applied") as err:
+        train(model, corpus, config)
+    run = err.value.run
+    state = load_checkpoint(run.checkpoint_path)
+    assert state["step"] == len(run.history) == run.history[-1]["step"]
+    assert _all_finite(state["model"]) and _all_finite(state["optimizer"])
+    for name, p in model.state_dict().items():  # the model itself was left at that state
+        assert torch.equal(p, state["model"][name]), name
+
+
+def test_objective_and_model_that_do_not_fit_fail_before_step_one(corpus):
+    steps = []
+    bert = tiny_model(corpus, causal=False)
+    with pytest.raises(ValueError, match=r"objective='clm'.*bidirectional.*causal=True"):
+        train(bert, corpus, cfg(), callback=steps.append)
+    gpt = tiny_model(corpus)
+    with pytest.raises(ValueError, match=r"objective='mlm'.*causal \(GPT-style\).*causal=False"):
+        train(gpt, corpus, cfg(objective="mlm"), callback=steps.append)
+    small = tiny_model(corpus, vocab_size=corpus.tokenizer.n_chars)  # no room for [MASK] etc.
+    with pytest.raises(ValueError, match=r"vocab_size=65 is smaller .* \(69 ids"):
+        train(small, corpus, cfg(), callback=steps.append)
+    assert steps == []
+    for objective in ("prefix", "span"):  # these bring their own mask: either model fits
+        train(tiny_model(corpus, causal=False), corpus,
+              cfg(steps=1, warmup_steps=0, objective=objective))
+
+
+def test_unusable_checkpoint_dir_fails_before_step_one(corpus, tmp_path):
+    """Before the fix a checkpoint_dir that is a file let every step run, then lost the run."""
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("x")
+    steps = []
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.*notes.txt.*is a file"):
+        train(tiny_model(corpus), corpus, cfg(checkpoint_dir=str(not_a_folder)),
+              callback=steps.append)
+    assert steps == []
 
 
 def test_checkpoints_are_named_by_step_and_load_weights_only(corpus, tmp_path):
