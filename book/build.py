@@ -52,6 +52,9 @@ BOOK_FILES = {
 NODE_MODULES = BOOK / "node_modules"
 WIDGET_FONT_SUFFIXES = {".woff", ".woff2", ".ttf", ".eot", ".svg"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Tells the explorers (lmlab.widgets.STATIC_BOOK_ENV) that their figure will be frozen into a
+# static page, so they add the note "Showing the default settings ..." (absent in JupyterLab).
+STATIC_BOOK_ENV = "LMLAB_STATIC_BOOK"
 
 
 def log(msg: str) -> None:
@@ -139,6 +142,7 @@ def execute_one(source: str, output: str, profile: str, timeout: int) -> tuple[s
 
     t0 = time.perf_counter()
     error = ""
+    os.environ[STATIC_BOOK_ENV] = "1"  # inherited by the kernel papermill starts
     try:
         pm.execute_notebook(
             source,

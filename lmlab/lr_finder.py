@@ -1,4 +1,9 @@
-"""The learning-rate range test (Smith 2017): one short run whose learning rate grows geometrically.
+"""The learning-rate range test: one short run whose learning rate grows geometrically.
+
+The test is Smith's (2017, section 3.3, the "LR range test"), who raised the learning rate
+*linearly* over a few epochs. The geometric ramp used here, the bias-corrected smoothing and the
+"a tenth of the minimum" reading are fast.ai's form of it (the library's ``lr_find``; Howard &
+Gugger 2020, and Gugger's 2017 blog post "How do you find a good learning rate"):
 
     lr_i = lr_min (lr_max / lr_min)^(i / (steps - 1))           i = 0 .. steps - 1
     a_i = beta a_{i-1} + (1 - beta) loss_i;  smooth_i = a_i / (1 - beta^(i+1))   (a_{-1} = 0)
@@ -66,9 +71,11 @@ def smooth_losses(losses: list[float], beta: float = 0.9) -> list[float]:
 
 
 def suggest_lr(lrs: list[float], smoothed: list[float], rule: str = "steepest") -> float:
-    """``min_over_10``: a tenth of the learning rate at the lowest smoothed loss (Smith 2017's
-    advice to stay well below where the loss turns up). ``steepest``: where the smoothed loss falls
-    fastest per unit of log lr (central differences), searched before the minimum."""
+    """``min_over_10``: a tenth of the learning rate at the lowest smoothed loss (fast.ai's rule
+    of thumb for staying well below where the loss turns up; Smith 2017 instead read off the rates
+    where the accuracy starts to rise and where it stops). ``steepest``: where the smoothed loss
+    falls fastest per unit of log lr (central differences), searched before the minimum (fast.ai's
+    ``lr_find`` suggestion)."""
     if len(lrs) != len(smoothed) or len(lrs) < 3:
         raise ValueError("suggest_lr needs matching lists of at least 3 learning rates and losses.")
     best = min(range(len(smoothed)), key=smoothed.__getitem__)

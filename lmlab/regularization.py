@@ -27,6 +27,7 @@ from .checkpoint import load_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import Corpus
 from .device import autocast_dtype, pick_device
+from .model import Transformer
 from .modes import eval_mode
 from .objectives import IGNORE_INDEX, ObjectiveContext
 
@@ -228,6 +229,35 @@ def decay_table(model: nn.Module, weight_decay: float = 0.1) -> list[dict]:
             for name, p in model.named_parameters() if id(p) in group_of]
 
 
+DECAY_RULES = ("linear_weights", "matrices")
+"""Which tensors weight decay acts on. ``linear_weights`` (lmlab's default,
+:func:`lmlab.optim.param_groups`): the weights of ``nn.Linear`` layers not tied to an embedding,
+minGPT's rule. ``matrices``: every tensor with two or more dimensions, embeddings and the tied
+output layer included, nanoGPT's rule (its ``configure_optimizers``: ``p.dim() >= 2``)."""
+
+
+def matrix_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """nanoGPT's rule: ``decay`` = every parameter with dim >= 2 (tied tensors once), ``no_decay``
+    = the rest (biases, LayerNorm gains)."""
+    seen, decay, no_decay = set(), [], []
+    for p in model.parameters():  # parameters() yields a tied tensor once
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+class MatrixDecayTransformer(Transformer):
+    """A :class:`lmlab.Transformer` whose optimizer decays every matrix
+    (:func:`matrix_decay_groups`, read by :func:`lmlab.optim.build_optimizer` through
+    ``optimizer_groups``)."""
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        return matrix_decay_groups(self, weight_decay)
+
+
 def decayed_weight_norm(model: nn.Module) -> float:
     """sqrt(sum ||W||^2) over the tensors weight decay acts on (the ``decay`` group)."""
     from .optim import param_groups
@@ -347,19 +377,26 @@ def generalization_gap(run) -> tuple[list[int], list[float]]:
 
 def regularized_run(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus, *,
                     dropout: float, weight_decay: float, label_smoothing: float,
-                    data_fraction: float, keep_model: bool = False, callback=None):
+                    data_fraction: float, keep_model: bool = False, callback=None,
+                    decay_rule: str = "linear_weights"):
     """One :func:`lmlab.experiments.run_experiment` of the base configs with the four knobs set:
     ``ModelConfig.dropout``, ``TrainConfig.weight_decay`` and ``label_smoothing``, and the first
     ``data_fraction`` of the training text (cached on disk: the chapter and its explorer share
-    it)."""
+    it). ``decay_rule`` (one of :data:`DECAY_RULES`) picks the tensors the decay acts on."""
     from .experiments import run_experiment
 
+    if decay_rule not in DECAY_RULES:
+        raise ValueError(f"decay_rule={decay_rule!r} is invalid: expected one of {DECAY_RULES}.")
     mc = model_config.replace(dropout=dropout)
     tc = train_config.replace(weight_decay=weight_decay, label_smoothing=label_smoothing)
     label = (f"dropout={dropout:g}, wd={weight_decay:g}, smoothing={label_smoothing:g}, "
              f"data={data_fraction:g}")
+    extra = {}
+    if decay_rule == "matrices":
+        label += ", decay: every matrix"
+        extra = {"builder": MatrixDecayTransformer, "variant": "decay_all_matrices"}
     return run_experiment(mc, tc, corpus.subset(data_fraction), label=label,
-                          keep_model=keep_model, callback=callback)
+                          keep_model=keep_model, callback=callback, **extra)
 
 
 def run_with_best_checkpoint(model_config: ModelConfig, train_config: TrainConfig,

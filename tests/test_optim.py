@@ -256,6 +256,25 @@ def test_build_optimizer_muon_groups():
     assert model.tok_emb.weight in by_name["no_decay"]["params"]  # embeddings go to AdamW
 
 
+def test_build_optimizer_muon_keeps_untied_output_layer_on_adamw():
+    """With tie_weights=False lm_head is an nn.Linear in the decay group; Muon is for hidden
+    layers only, so the head must take the AdamW step (with weight decay), not Muon's."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, block_size=8, n_layer=2, n_head=2,
+                                    d_model=16, tie_weights=False))
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, weight_decay=0.1))
+    head = model.lm_head.weight
+    (muon_group,) = [g for g in opt.param_groups if g["use_muon"]]
+    assert not any(p is head for p in muon_group["params"])
+    (head_group,) = [g for g in opt.param_groups if any(p is head for p in g["params"])]
+    assert head_group["weight_decay"] == 0.1 and head_group["name"] == "output"
+    hidden = {id(m.weight) for b in model.blocks for m in b.modules()
+              if isinstance(m, torch.nn.Linear)}
+    assert {id(p) for p in muon_group["params"]} == hidden  # every hidden matrix, nothing else
+    n_total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == n_total
+
+
 # ------------------------------------------------------------------------------- schedules
 def test_schedules_against_hand_computed_values():
     base = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=10, decay_fraction=0.2)
@@ -275,6 +294,36 @@ def test_schedules_against_hand_computed_values():
     assert lr_at(70, base.replace(schedule="constant")) == pytest.approx(1.0)
     # cosine at p = 1/3: 0.1 + 0.9 * (1 + cos(pi / 3)) / 2 = 0.775
     assert lr_at(40, base) == pytest.approx(0.775)
+
+
+@pytest.mark.parametrize("warmup,decay_fraction", [(30, 0.8), (30, 1.0), (20, 0.8), (10, 0.2),
+                                                    (0, 1.0), (100, 0.2)])
+def test_wsd_is_continuous_at_every_boundary(warmup, decay_fraction):
+    """WSD with a warmup that ends after the decay would start (warmup 30 > 100 * (1 - 0.8)) used
+    to jump from the peak down to the middle of the decay ramp (1.0 -> 0.876 at step 31). Now the
+    decay starts where the warmup ends: no step changes the lr by more than the larger of one
+    warmup step (lr / warmup) and one decay step (lr - m) / (steps - D)."""
+    c = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=warmup, schedule="wsd",
+                    decay_fraction=decay_fraction)
+    lrs = [lr_at(k, c) for k in range(1, 101)]
+    decay_start = max(warmup, 100 * (1 - decay_fraction))
+    largest_step = max(1.0 / warmup if warmup else 0.0, 0.9 / max(1.0, 100 - decay_start))
+    jumps = [abs(b - a) for a, b in zip(lrs, lrs[1:], strict=False)]
+    assert max(jumps) <= largest_step + 1e-12, (max(jumps), largest_step)
+    assert 1.0 - largest_step <= max(lrs) <= 1.0  # the peak (to within one step when warmup=0)
+    assert lrs[-1] == pytest.approx(0.1 if warmup < 100 else 1.0)
+    if warmup:  # the peak is reached exactly at the end of the warmup
+        assert lrs[warmup - 1] == pytest.approx(1.0)
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[warmup:], lrs[warmup + 1:], strict=False))
+
+
+def test_wsd_warmup_past_decay_start_hand_computed():
+    # warmup 30, decay_fraction 0.8: D = max(30, 20) = 30; step 31 -> 1 - 0.9 * 1 / 70
+    c = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=30, schedule="wsd",
+                    decay_fraction=0.8)
+    assert lr_at(30, c) == pytest.approx(1.0)
+    assert lr_at(31, c) == pytest.approx(1 - 0.9 / 70)
+    assert lr_at(65, c) == pytest.approx(0.55)
 
 
 # -------------------------------------------------------------------------------- surfaces

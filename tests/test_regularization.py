@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab import ModelConfig, Transformer
+from lmlab import ModelConfig, TrainConfig, Transformer
 from lmlab import regularization as R
+from lmlab.optim import build_optimizer
 
 # ------------------------------------------------------------------------------ label smoothing
 
@@ -232,6 +233,23 @@ def test_decay_table_groups():
                              for n, p in model.named_parameters()
                              if table.get(n) == "decay"))
     assert R.decayed_weight_norm(model) == pytest.approx(expected, rel=1e-12)
+
+
+def test_matrix_decay_rule_is_nanogpts_and_reaches_the_optimizer():
+    """nanoGPT decays every tensor with dim >= 2: embeddings (and the tied output layer) too."""
+    torch.manual_seed(0)
+    model = R.MatrixDecayTransformer(ModelConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2,
+                                                 d_model=8))
+    opt = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.5))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    decayed = {id(p) for p in by_name["decay"]["params"]}
+    assert by_name["decay"]["weight_decay"] == 0.5 and by_name["no_decay"]["weight_decay"] == 0.0
+    assert id(model.tok_emb.weight) in decayed and id(model.pos_emb.weight) in decayed
+    assert decayed == {id(p) for p in model.parameters() if p.dim() >= 2}
+    assert all(p.dim() == 1 for p in by_name["no_decay"]["params"])
+    with pytest.raises(ValueError, match="decay_rule"):
+        R.regularized_run(model.config, TrainConfig(), None, dropout=0.0, weight_decay=0.0,
+                          label_smoothing=0.0, data_fraction=1.0, decay_rule="all")
 
 
 # ------------------------------------------------------------------------------------ dropout

@@ -49,3 +49,23 @@ def test_explorer_rejects_a_default_that_is_not_an_option(tmp_path, monkeypatch)
     mc, tc, corpus = _setup()
     with pytest.raises(ValueError, match="not among the options"):
         regularization_explorer(mc, tc, corpus, defaults={"dropout": 0.33})
+
+
+def test_reference_and_earlier_settings_stay_drawn_on_fixed_axes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    mc, tc, corpus = _setup()
+    e = regularization_explorer(mc, tc, corpus, data_fractions=(1.0, 0.5))
+    reference_val = _line(e, "validation")
+    ylim = e.figure.axes[0].get_ylim()
+    e.set(dropout=0.4)
+    e.set(weight_decay=1.0)
+    ax = e.figure.axes[0]
+    ref = [ln for ln in ax.lines if ln.get_label().endswith("(reference)")]
+    earlier = [ln for ln in ax.lines if ln.get_label().endswith("(earlier)")]
+    assert len(ref) == 1 and list(ref[0].get_ydata()) == reference_val  # the defaults' curve
+    assert len(earlier) == 1 and "p=0.4" in earlier[0].get_label()      # the setting before
+    lo, hi = ax.get_ylim()
+    assert lo <= ylim[0] and hi >= ylim[1]  # the axes only grow: the reference stays in view
+    e.set(dropout=0.0, weight_decay=0.0)    # back to the defaults: the axes do not shrink back
+    lo2, hi2 = e.figure.axes[0].get_ylim()
+    assert lo2 <= lo and hi2 >= hi

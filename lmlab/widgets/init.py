@@ -22,7 +22,7 @@ from ..experiments import run_experiment
 from ..objectives import clm_loss
 from ..plots import loss_curves, per_layer
 from ..train import TrainingDiverged
-from . import Explorer
+from . import Explorer, History, metric_line
 
 # label -> (scheme, keyword arguments of apply_init)
 WIDGET_SCHEMES: dict[str, tuple[str, dict]] = {
@@ -36,6 +36,10 @@ WIDGET_SCHEMES: dict[str, tuple[str, dict]] = {
     "He as a value sqrt(2/fan_in)": ("he_constant", {}),
     "zeros": ("zeros", {}),
 }
+
+STD_RANGE = (1e-6, 1e4)
+"""Fixed y range of the per-layer std panel: wide enough for the vanishing and exploding schemes
+of the menu to show their trend, fixed so that one scheme's curve compares with another's."""
 
 DEFAULT_TRAIN = TrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, eval_every=25,
                             eval_batches=4, progress=False)
@@ -60,7 +64,9 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
     """An :class:`lmlab.widgets.Explorer` with controls ``scheme`` (a label of
     :data:`WIDGET_SCHEMES`), ``depth``, ``width`` and ``nonlinearity``. Left panel: activation and
     gradient std per layer at initialization (one probe on a validation batch); right panel:
-    validation (and smoothed training) loss of that model trained with ``train_config``."""
+    validation (and smoothed training) loss of that model trained with ``train_config``. Both
+    panels keep the reference setting (the defaults, dashed) and the last settings tried (grey)
+    behind the current one, on fixed axes."""
     if scheme not in WIDGET_SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not one of {list(WIDGET_SCHEMES)}.")
     for name, value, options in [("depth", depth, depths), ("width", width, widths),
@@ -81,6 +87,11 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
                                    description="nonlinearity"),
     }
 
+    history = History(keep=3)
+
+    def act_line(ax, data, label, style):
+        ax.plot(range(1, len(data["act"]) + 1), data["act"], label=label, **style)
+
     def draw(fig, progress, scheme, depth, width, nonlinearity):
         name, kwargs = WIDGET_SCHEMES[scheme]
         cfg = model_config(vocab, depth, width, block_size)
@@ -98,15 +109,28 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
             progress(row["step"] / steps, f"training {row['step']}/{steps}")
 
         try:
-            history = run_experiment(cfg, train_config, corpus, builder=builder,
-                                     variant=I.mlp_variant(name, nonlinearity, **kwargs),
-                                     callback=on_row).history
+            history_rows = run_experiment(cfg, train_config, corpus, builder=builder,
+                                          variant=I.mlp_variant(name, nonlinearity, **kwargs),
+                                          callback=on_row).history
             note = ""
         except TrainingDiverged as err:
-            history, note = err.history, " (diverged)"
-        loss_curves(ax_loss, {scheme + note: history}, "val_loss", train=True, smooth=5,
+            history_rows, note = err.history, " (diverged)"
+        loss_curves(ax_loss, {scheme + note: history_rows}, "val_loss", train=True, smooth=5,
                     title=f"depth {depth}, width {width}: training")
         ax_loss.axhline(math.log(vocab), color="gray", linestyle=":", linewidth=1)
         ax_loss.set_ylabel("loss (nats/char); dotted: ln V")
+        key = (scheme, depth, width, nonlinearity)
+        act = _positive([s.act_std for s in stats.values()])
+        history.record(key, f"{scheme}, {nonlinearity}, {depth}x{width}",
+                       {"act": act, "rows": history_rows})
+        history.draw_behind(ax_stats, key, act_line)
+        history.draw_behind(ax_loss, key, lambda ax, data, label, style:
+                            metric_line("val_loss")(ax, data["rows"], label, style))
+        ax_stats.set_ylim(*STD_RANGE)
+        history.fix_limits(ax_stats, "std", x=False)
+        history.fix_limits(ax_loss, "loss", ymax=math.log(vocab) + 1.0)
+        ax_stats.legend(fontsize=6)
+        ax_loss.legend(fontsize=6)
 
-    return Explorer(controls, draw, title="Initialization explorer", figsize=(9.5, 3.8))
+    return Explorer(controls, draw, title="Initialization explorer", figsize=(9.5, 3.8),
+                    history=history)

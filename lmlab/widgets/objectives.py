@@ -6,6 +6,8 @@ was run before, trained live (with the progress bar) otherwise.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
@@ -53,7 +55,9 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
     it draws the training and validation loss / ln 2 against tokens seen: bits per predicted
     character, plus lambda times bits per pair for the objectives with a pair head. The lambda
     control is disabled for the objectives without a pair head, which ignore it."""
-    from . import Explorer
+    from . import Explorer, History, metric_line
+
+    history = History(keep=3)
 
     controls = {
         "objective": W.Dropdown(options=list(CAUSAL), value=objective, description="objective"),
@@ -79,12 +83,16 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         result = objective_run(model_config, train_config, objective, mask_rate, pair_weight,
                                corpus, callback=on_step)
         ax = figure.add_subplot()
+        key = (objective, mask_rate if objective in USES_MASK_RATE else None,
+               pair_weight if objective in USES_PAIR_WEIGHT else None)
+        history.record(key, " ".join(f"{k}" for k in key if k is not None), result)
         rows = [r for r in result.history if r.get("val_loss") is not None]
         ax.plot([r["tokens"] for r in result.history],
                 [bits_per_char(r["train_loss"]) for r in result.history],
                 color="C0", alpha=0.35, linewidth=1, label="train (per step)")
         ax.plot([r["tokens"] for r in rows], [bits_per_char(r["val_loss"]) for r in rows],
                 color="C0", marker="o", markersize=3, label="validation")
+        history.draw_behind(ax, key, metric_line("val_loss", x="tokens", transform=bits_per_char))
         settings = []
         if objective in USES_MASK_RATE:
             settings.append(f"rate {mask_rate:.2f}")
@@ -95,6 +103,8 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         ax.set_xlabel("tokens seen")
         ax.set_ylabel(loss_label(objective), fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+        history.fix_limits(ax, "loss", ymax=math.log2(model_config.vocab_size) + 1.0)
 
-    return Explorer(controls, draw, title="Pretraining objectives", figsize=(7.5, 3.8))
+    return Explorer(controls, draw, title="Pretraining objectives", figsize=(7.5, 3.8),
+                    history=history)

@@ -7,6 +7,8 @@ line following the training steps.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as W
 
 from ..config import OPTIMIZERS, SCHEDULES, ModelConfig, TrainConfig
@@ -14,7 +16,7 @@ from ..data import Corpus
 from ..experiments import run_experiment
 from ..plots import loss_curves
 from ..train import TrainingDiverged
-from . import Explorer
+from . import Explorer, History, metric_line
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 DEFAULT_CLIPS = (0.0, 0.25, 1.0, 4.0)
@@ -30,8 +32,9 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
                        warmups: tuple[int, ...] | None = None,
                        clips: tuple[float, ...] = DEFAULT_CLIPS) -> Explorer:
     """Controls: optimizer, lr, warmup steps, schedule, grad clip (0 = off). Left panel: training
-    loss (smoothed) and validation loss against step; right panel: the learning rate each step got
-    and the gradient norm before clipping."""
+    loss (smoothed) and validation loss against step, over the validation curves of the reference
+    setting (the defaults, dashed) and of the last settings tried (grey), on fixed axes; right
+    panel: the learning rate each step got and the gradient norm before clipping."""
     if warmups is None:
         warmups = tuple(sorted({0, train_config.steps // 20, train_config.steps // 5,
                                 train_config.warmup_steps}))
@@ -57,6 +60,8 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
                                 style=style),
     }
 
+    history = History(keep=3)
+
     def draw(fig, progress, optimizer, lr, warmup, schedule, grad_clip):
         config = train_config.replace(optimizer=optimizer, lr=lr, warmup_steps=warmup,
                                       schedule=schedule, grad_clip=grad_clip or None)
@@ -66,26 +71,34 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
             progress(row["step"] / config.steps, f"training step {row['step']}/{config.steps}")
 
         try:
-            history = run_experiment(model_config, config, corpus, label=label,
-                                     callback=on_step).history
+            rows = run_experiment(model_config, config, corpus, label=label,
+                                  callback=on_step).history
             title = label
         except TrainingDiverged as err:
-            history = err.history
-            title = f"{label}: diverged at step {len(history) + 1}"
+            rows = err.history
+            title = f"{label}: diverged at step {len(rows) + 1}"
+        key = (optimizer, lr, warmup, schedule, grad_clip)
+        short = (f"{optimizer}, lr={lr:g}, warmup {warmup}, {schedule}, "
+                 f"clip {'off' if not grad_clip else f'{grad_clip:g}'}")
+        history.record(key, short, rows)
         left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-        loss_curves(left, {label: history}, "val_loss", train=True,
+        history.draw_behind(left, key, metric_line("val_loss"))
+        loss_curves(left, {label: rows}, "val_loss", train=True,
                     smooth=max(1, config.steps // 50), title=title)
         left.set_ylabel("loss (nats/char)")
-        steps = [r["step"] for r in history]
-        right.plot(steps, [r["lr"] for r in history], color="C0")
+        left.legend(fontsize=7)
+        history.fix_limits(left, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
+        steps = [r["step"] for r in rows]
+        right.plot(steps, [r["lr"] for r in rows], color="C0")
         right.set_xlabel("step")
         right.set_ylabel("learning rate", color="C0")
         right.set_title("schedule and gradient norm")
         norms = right.twinx()
-        norms.plot(steps, [r["grad_norm"] for r in history], color="C3", linewidth=0.8)
+        norms.plot(steps, [r["grad_norm"] for r in rows], color="C3", linewidth=0.8)
         if grad_clip:
             norms.axhline(grad_clip, color="C3", linestyle="--", linewidth=0.8)
         norms.set_ylabel("gradient norm (before clipping)", color="C3")
         norms.set_yscale("log")
 
-    return Explorer(controls, draw, title="Optimizer explorer", figsize=(9.0, 3.8))
+    return Explorer(controls, draw, title="Optimizer explorer", figsize=(9.0, 3.8),
+                    history=history)

@@ -8,6 +8,7 @@ disk cache when it was run before, trained live otherwise), drawn with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import ipywidgets as W
@@ -16,7 +17,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..plots import loss_curves
 from ..regularization import regularized_run
-from . import Explorer
+from . import Explorer, History, metric_line
 
 
 def _slider(description: str, options: Sequence[float], value: float) -> W.SelectionSlider:
@@ -36,7 +37,9 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
                             defaults: dict | None = None, ylim: tuple | None = None) -> Explorer:
     """Sliders for dropout, weight decay, label smoothing and the fraction of the training text;
     draws the loss on fixed training batches and on validation batches against the step, marks
-    the best validation loss and reports the final gap val - train."""
+    the best validation loss and reports the final gap val - train. The validation curves of the
+    reference setting (the defaults, dashed) and of the last settings tried (grey) stay drawn
+    behind, on axes fixed by the first draw (or by ``ylim``)."""
     defaults = {"dropout": dropouts[0], "weight_decay": weight_decays[0],
                 "label_smoothing": label_smoothings[0], "data_fraction": data_fractions[0],
                 **(defaults or {})}
@@ -48,6 +51,7 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
         "data_fraction": _slider("data fraction", data_fractions, defaults["data_fraction"]),
     }
     steps = train_config.steps
+    history = History(keep=3)
 
     def draw(figure, progress, dropout, weight_decay, label_smoothing, data_fraction):
         def report(row):
@@ -56,7 +60,11 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
         result = regularized_run(model_config, train_config, corpus, dropout=dropout,
                                  weight_decay=weight_decay, label_smoothing=label_smoothing,
                                  data_fraction=data_fraction, callback=report)
+        key = (dropout, weight_decay, label_smoothing, data_fraction)
+        history.record(key, (f"p={dropout:g}, wd={weight_decay:g}, ls={label_smoothing:g}, "
+                             f"data={data_fraction:g}"), result)
         ax = figure.add_subplot()
+        history.draw_behind(ax, key, metric_line("val_loss"))
         loss_curves(ax, {"validation": result}, "val_loss", ylim=ylim)
         train_steps, train_losses = result.column("eval_train_loss")
         marker = "o" if len(train_steps) < 30 else None
@@ -69,7 +77,8 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
         ax.set_ylabel("loss (nats/char)")
         ax.set_title(f"{result.label}\nfinal gap (val - train) = {val[-1] - train_losses[-1]:.3f}",
                      fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+        history.fix_limits(ax, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
 
     return Explorer(controls, draw, title="Regularization explorer: train vs validation",
-                    figsize=(7.5, 4.2))
+                    figsize=(7.5, 4.2), history=history)
