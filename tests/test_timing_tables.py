@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -61,3 +62,23 @@ def test_replace_block_rewrites_only_the_marked_table():
     assert tool.replace_block(text, "cpu", "new") == f"before\n{begin}\nnew\n{end}\nafter"
     with pytest.raises(SystemExit, match="no .* block"):
         tool.replace_block("no markers here", "cpu", "new")
+
+
+def test_table_from_an_earlier_runs_rows(tmp_path, capsys):
+    tool = load_tool()
+    rows = [{"notebook": "00_quickstart.ipynb", "profile": "cpu", "seconds": 108.9,
+             "asserts_passed": 19, "asserts": 19, "ok": True, "failure": None},
+            {"notebook": "04_optimization.ipynb", "profile": "cpu", "seconds": 217.7,
+             "asserts_passed": 10, "asserts": 40, "ok": False,
+             "failure": "cell 18: AssertionError"}]
+    saved = tmp_path / "rows.json"
+    saved.write_text(json.dumps(rows))
+    assert tool.main(["--profile", "cpu", "--from-json", str(saved)]) == 1  # one notebook failed
+    out = capsys.readouterr().out
+    assert ("| `04_optimization.ipynb` | 218 | 3.6 | 10 / 40 (failed: cell 18: AssertionError) |"
+            in out)
+    assert "| all | 327 | 5.4 | |" in out
+    with pytest.raises(SystemExit):  # rows of another profile
+        tool.main(["--profile", "ci", "--from-json", str(saved)])
+    with pytest.raises(SystemExit, match="every chapter"):  # a partial table is never recorded
+        tool.main(["--profile", "cpu", "--from-json", str(saved), "--record"])

@@ -130,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true",
                         help="write the table into benchmarks/RESULTS.md and README.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--from-json", type=Path,
+                        help="do not run anything: make the table from rows an earlier run "
+                             "wrote with --json (same machine and day)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text(encoding="utf-8"))
+        if {r["profile"] for r in rows} != {args.profile}:
+            parser.error(f"{args.from_json} holds rows of another profile than {args.profile}")
+        return report(rows, args)
     notebooks = sorted(NOTEBOOKS.glob(CHAPTER_GLOB))
     if args.chapters:
         notebooks = [p for p in notebooks if p.name[:2] in set(args.chapters)]
@@ -146,9 +154,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['notebook']:32s} {row['seconds']:7.1f} s  asserts "
                   f"{row['asserts_passed']}/{row['asserts']}"
                   + ("" if row["ok"] else f"  FAILED {row['failure']}"), flush=True)
+    return report(rows, args)
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> int:
+    """Print the table; with ``--json`` save the rows; with ``--record`` write the table."""
+    if args.record and sorted(r["notebook"] for r in rows) != sorted(
+            p.name for p in NOTEBOOKS.glob(CHAPTER_GLOB)):
+        raise SystemExit("--record rewrites the whole table: the rows must cover every chapter")
     block = table(rows, args.profile, f"make time-notebooks PROFILE={args.profile}")
     print("\n" + block)
-    if args.json:
+    if args.json and not args.from_json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
     if args.record:
         for doc in (RESULTS, README):
