@@ -40,10 +40,8 @@ def test_corrupt_file_is_rejected_by_checksum(tmp_path, monkeypatch):
         load_text("tinyshakespeare")
 
 
-def test_download_path_verifies_and_caches(tmp_path, monkeypatch):
-    source = Path(data.corpus_path()).read_bytes()
-    monkeypatch.delenv("LMLAB_DATA_DIR", raising=False)
-    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+def serve_download(monkeypatch, payload: bytes) -> None:
+    """Make lmlab's download receive ``payload`` instead of reaching the network."""
 
     class Response:
         def __enter__(self):
@@ -53,9 +51,17 @@ def test_download_path_verifies_and_caches(tmp_path, monkeypatch):
             return False
 
         def read(self):
-            return source
+            return payload
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response())
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *args, **kwargs: Response())
+
+
+def test_download_path_verifies_and_caches(tmp_path, monkeypatch):
+    source = Path(data.corpus_path()).read_bytes()
+    monkeypatch.delenv("LMLAB_DATA_DIR", raising=False)
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+
+    serve_download(monkeypatch, source)
     path = data.corpus_path()
     assert path == tmp_path / "data" / "tinyshakespeare.txt"
     assert path.read_bytes() == source
@@ -142,17 +148,7 @@ def test_bad_download_names_no_deleted_file_and_leaves_nothing(tmp_path, monkeyp
     monkeypatch.delenv("LMLAB_DATA_DIR", raising=False)
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
 
-    class Response:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return b"not shakespeare at all"
-
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: Response())
+    serve_download(monkeypatch, b"not shakespeare at all")
     with pytest.raises(ValueError, match="sha256") as err:
         data.corpus_path("tinyshakespeare")
     message = str(err.value)
