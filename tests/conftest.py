@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from lmlab.data import CharTokenizer, Corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,13 @@ def artifacts_dir() -> Path:
     path = ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> Corpus:
+    """A repeated English sentence as a corpus: 7,000 training and about 1,800 validation
+    characters, small enough that a one-layer model learns it in a few steps."""
+    text = "to be or not to be, that is the question. " * 210
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text), dtype=torch.long)
+    return Corpus("tiny", tok, ids[:7000], ids[7000:])

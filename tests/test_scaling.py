@@ -33,7 +33,7 @@ def test_fit_with_noise_stays_within_its_standard_error():
 def test_fit_survives_points_that_follow_no_power_law():
     """Losses that fall then rise (undertrained large models) once made the Gauss-Newton system
     singular (numpy.linalg.LinAlgError); the fit must still return its best finite parameters."""
-    x = np.array([1760.0, 3792.0, 6592.0, 14496.0])  # chapter 7's ci sweep at 40,960 tokens
+    x = np.array([1760.0, 3792.0, 6592.0, 14496.0])  # chapter 8's ci sweep at 40,960 tokens
     y = np.array([2.9345977306365967, 2.9678032398223877, 2.8966197967529297, 3.143539011478424])
     fit = S.fit_power_law(x, y)
     assert np.isfinite([fit.E, fit.A, fit.alpha, fit.rmse]).all()

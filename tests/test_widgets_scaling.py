@@ -1,4 +1,4 @@
-"""Chapter 7's explorers redraw when a control changes, from the tested package functions."""
+"""Chapter 8's explorers redraw when a control changes, from the tested package functions."""
 
 from __future__ import annotations
 

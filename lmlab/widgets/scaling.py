@@ -1,4 +1,4 @@
-"""Chapter 7's explorers: the fitted scaling law, and loss against sparsity.
+"""Chapter 8's explorers: the fitted scaling law, and loss against sparsity.
 
 Thin wrappers: the law is refitted with :func:`lmlab.scaling.fit_power_law` on the points picked;
 pruned models come from :func:`lmlab.compress.pruned_copy` and are scored with
