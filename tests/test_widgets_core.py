@@ -126,3 +126,116 @@ def test_book_build_sets_the_static_book_variable():
     source = (Path(__file__).resolve().parents[1] / "book" / "build.py").read_text("utf-8")
     assert f'STATIC_BOOK_ENV = "{STATIC_BOOK_ENV}"' in source
     assert "os.environ[STATIC_BOOK_ENV] = \"1\"" in source
+
+
+# ------------------------------------------------------------------------------ the static book
+def _leaf(explorer, setting: dict):
+    """The widget the page shows for ``setting``: follow each Stack as its linked control would
+    set it in the browser (the control's ``index``, or an IntSlider's ``value``)."""
+    links = {id(link.target[0]): link.source for link in explorer._links}
+    node = explorer.widget.children[2]
+    while isinstance(node, W.Stack):
+        control, trait = links[id(node)]
+        name = next(n for n, c in explorer.controls.items() if c is control)
+        assert trait in ("index", "value")
+        if trait == "index":
+            node = node.children[list(control._options_values).index(setting[name])]
+        else:
+            node = node.children[setting[name]]
+    return node
+
+
+def _labelled_draw(fig, progress, colour, n, text):
+    """A figure that says which setting it shows, on axes of its own (no history)."""
+    ax = fig.add_subplot()
+    ax.bar([0], [n], color=colour)
+    ax.set_title(f"{colour} {n} {text}")
+    ax.set_ylim(0, 5)
+
+
+def _book_explorer(monkeypatch, **kwargs):
+    monkeypatch.setenv(STATIC_BOOK_ENV, "1")
+    controls = {"colour": W.Dropdown(options=["red", "green", "blue"], value="green"),
+                "n": W.IntSlider(value=2, min=1, max=4, description="n"),
+                "text": W.Text(value="hi", description="text")}
+    return Explorer(controls, _labelled_draw, **kwargs)
+
+
+def _png_of(setting: dict) -> bytes:
+    view = FigureView()
+    view.redraw(lambda fig: _labelled_draw(fig, None, **setting))
+    return view.image.value
+
+
+def test_book_page_switches_to_the_figure_of_each_precomputed_setting(monkeypatch):
+    e = _book_explorer(monkeypatch, book_mode="product")
+    settings, note = e.book_settings()
+    assert len(settings) == 3 * 4 and settings[0] == {"colour": "green", "n": 2, "text": "hi"}
+    for setting in settings:  # the figure the links select is the one drawn for that setting
+        leaf = _leaf(e, setting)
+        assert isinstance(leaf, W.Image) and "lmlab-figure" in leaf._dom_classes
+        assert leaf.value == _png_of(setting), setting
+    assert _leaf(e, settings[0]) is e.view.image  # the default figure is the explorer's own
+    assert e.controls["text"].disabled and not e.controls["colour"].disabled
+    assert "every combination of <i>colour</i>, <i>n</i> (12 figures)" in note
+    assert "<i>text</i> stays at the default" in note and "make lab" in note
+    assert note in e.widget.children[-1].value
+
+
+def test_book_one_at_a_time_shows_a_notice_for_the_other_combinations(monkeypatch):
+    e = _book_explorer(monkeypatch)  # 12 settings: within BOOK_PRODUCT_LIMIT, so the product
+    assert len(e.book_settings()[0]) == 12
+    e = _book_explorer(monkeypatch, book_mode="one at a time",
+                       book_vary={"colour": None, "n": [1, 2, 3]})
+    settings, note = e.book_settings()
+    assert [(s["colour"], s["n"]) for s in settings] == [
+        ("green", 2), ("red", 2), ("blue", 2), ("green", 1), ("green", 3)]
+    for setting in settings:
+        assert _leaf(e, setting).value == _png_of(setting)
+    for other in ({"colour": "red", "n": 1}, {"colour": "green", "n": 4}):
+        leaf = _leaf(e, {**settings[0], **other})
+        assert isinstance(leaf, W.HTML) and "not precomputed" in leaf.value
+    assert "each of <i>colour</i>, <i>n</i> moved alone (5 figures)" in note
+    assert "the other 7 combinations show a notice" in note
+
+
+def test_book_figures_show_the_reference_behind_them_and_share_axes(monkeypatch):
+    monkeypatch.setenv(STATIC_BOOK_ENV, "1")
+    history = History(keep=3)
+    behind_at_png: list[tuple[float, list[str]]] = []
+
+    def draw(fig, progress, slope):
+        ax = fig.add_subplot()
+        history.record(slope, f"slope {slope:g}", slope)
+        behind_at_png.append((slope, [label for _, _, label in history.behind(slope)]))
+        ax.plot([0, 1], [0, slope])
+        history.fix_limits(ax, "main")
+
+    e = Explorer({"slope": W.Dropdown(options=[1.0, 2.0, 3.0], value=2.0)}, draw,
+                 history=history)
+    # each figure: the reference (the defaults) behind it, never the settings drawn before it
+    assert sorted({(s, tuple(labels)) for s, labels in behind_at_png}) == [
+        (1.0, ("slope 2 (reference)",)), (2.0, ()), (3.0, ("slope 2 (reference)",))]
+    assert history.reference.key == 2.0 and history.recent == []
+    # axes fixed by the first pass over every setting: slope 3's line fits in each figure
+    assert e.figure.axes[0].get_ylim() == pytest.approx((-0.15, 3.15))
+    assert e.error is None and e.book_errors == {}
+
+
+def test_book_options_are_checked(monkeypatch):
+    with pytest.raises(ValueError, match="not a control"):
+        _book_explorer(monkeypatch, book_vary={"colour_": None})
+    with pytest.raises(ValueError, match=r"does not offer"):
+        _book_explorer(monkeypatch, book_vary={"n": [0, 1]})
+    with pytest.raises(TypeError, match="Text cannot switch figures"):
+        _book_explorer(monkeypatch, book_vary={"text": ["hi"]})
+    with pytest.raises(ValueError, match="book_mode"):
+        _book_explorer(monkeypatch, book_mode="all")
+
+
+def test_outside_the_book_the_explorer_draws_only_its_defaults(monkeypatch):
+    monkeypatch.delenv(STATIC_BOOK_ENV, raising=False)
+    calls = []
+    e = Explorer({"colour": W.Dropdown(options=["red", "green"], value="green")},
+                 lambda fig, progress, colour: calls.append(colour))
+    assert calls == ["green"] and e.widget.children[2] is e.view.image and e._links == []

@@ -15,14 +15,22 @@ line with a progress bar for slow recomputations, and one persistent matplotlib 
 ``ipywidgets.Image`` (class ``lmlab-figure``). Redrawing replaces the PNG in place: no flicker, no
 new figure per change, nothing leaked to pyplot. Because the PNG lives in the widget's state, a
 static page (the HTML book) still shows the figure of the default settings.
+
+In the static book (``LMLAB_STATIC_BOOK=1``, set by ``book/build.py``) an explorer also renders a
+set of precomputed settings (see :meth:`Explorer.book_settings`) and embeds every figure in a tree
+of ``Stack`` widgets whose ``selected_index`` is ``jslink``-ed to the controls' ``index`` (or an
+``IntSlider``'s ``value``): moving a control switches the figure in the browser, without a
+kernel. Settings outside that set show a notice pointing to JupyterLab.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +44,51 @@ STATIC_BOOK_ENV = "LMLAB_STATIC_BOOK"
 """Set to 1 by ``book/build.py`` while it executes the chapters for the static HTML book."""
 
 
+BOOK_PRODUCT_LIMIT = 12
+"""An explorer's book figures: every combination of its varied controls' values when there are at
+most this many, else the defaults and each control moved alone (:meth:`Explorer.book_settings`)."""
+PRODUCT, ONE_AT_A_TIME = "product", "one at a time"
+NOT_PRECOMPUTED = ("<div class='lmlab-not-precomputed' style='padding:2em 1em;color:#555'>"
+                   "This setting was not precomputed for the book. Open the chapter in JupyterLab "
+                   "(<code>make lab</code>) to run it.</div>")
+
+
+def static_book() -> bool:
+    """True while ``book/build.py`` executes the notebook for the static HTML book."""
+    return os.environ.get(STATIC_BOOK_ENV) == "1"
+
+
 def static_note() -> str:
     """:data:`STATIC_NOTE` while the book build executes the notebook (``LMLAB_STATIC_BOOK=1``),
     where the page will show a frozen figure; empty in JupyterLab, where the controls work."""
-    return STATIC_NOTE if os.environ.get(STATIC_BOOK_ENV) == "1" else ""
+    return STATIC_NOTE if static_book() else ""
+
+
+def control_choices(control: W.ValueWidget) -> tuple[str, list[tuple[str, Any]]]:
+    """How a control can switch figures in a page without a kernel: the widget trait the browser
+    changes (``index`` of a selection widget, ``value`` of an ``IntSlider``) and the control's
+    ``(label, value)`` pairs, in the order of that trait's integer values (an IntSlider's list
+    starts at ``min``). Raises ``TypeError`` for any other control (a free float, a text)."""
+    if hasattr(control, "_options_values"):  # Dropdown, SelectionSlider, ToggleButtons, ...
+        return "index", list(zip(control._options_labels, control._options_values, strict=True))
+    if isinstance(control, W.IntSlider):
+        if control.step != 1 or control.min < 0:
+            raise TypeError(f"the IntSlider {control.description!r} has min={control.min}, "
+                            f"step={control.step}: only min >= 0 and step 1 can switch figures "
+                            "in the book.")
+        values = range(control.min, control.max + 1)
+        return "value", [(str(v), v) for v in values]
+    raise TypeError(f"a {type(control).__name__} cannot switch figures in the static book: "
+                    "use a selection widget (Dropdown, SelectionSlider, ToggleButtons) or an "
+                    "IntSlider with step 1, or leave the control out of book_vary.")
+
+
+def _switchable(control: W.ValueWidget) -> bool:
+    try:
+        control_choices(control)
+    except TypeError:
+        return False
+    return True
 
 
 REFERENCE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.2}
@@ -153,6 +202,12 @@ class History:
         if len(self.recent) > self.keep:
             self.recent = self.recent[len(self.recent) - self.keep:]
 
+    def commit_limits(self) -> None:
+        """Keep the axis limits of the draw just made, not its trace (the book's figures: each
+        shows the reference behind it, none shows the settings drawn before it)."""
+        self._pending = None
+        self.commit()
+
     def discard(self) -> None:
         self._pending, self._pending_limits = None, {}
 
@@ -188,32 +243,56 @@ class Explorer:
     the root VBox; displaying the explorer displays it. ``history`` (a :class:`History` the draw
     function records into) is committed after each successful draw. ``note`` defaults to
     :func:`static_note`: shown in the static book only.
+
+    In the static book (:func:`static_book`) the explorer draws every setting of
+    :meth:`book_settings` once, and the page switches between those figures when a control moves
+    (no kernel needed). ``book_vary`` names the controls that move in the book and, for each, the
+    values precomputed (``None``: all its options); by default every control
+    :func:`control_choices` accepts, with all its options. ``book_mode`` is :data:`PRODUCT` (every
+    combination) or :data:`ONE_AT_A_TIME` (the defaults and each control moved alone); by
+    default the product when it has at most :data:`BOOK_PRODUCT_LIMIT` settings. Controls that
+    do not move in the book are disabled there. ``book_note`` adds a sentence to the page's note
+    (why a control is fixed, say).
     """
 
     def __init__(self, controls: Mapping[str, W.ValueWidget], draw: Callable, *, title: str = "",
                  figsize=(7.5, 4.0), note: str | None = None, auto_update: bool = True,
-                 history: History | None = None):
+                 history: History | None = None,
+                 book_vary: Mapping[str, Sequence | None] | None = None,
+                 book_mode: str | None = None, book_note: str = ""):
         self.controls = dict(controls)
         self._draw = draw
         self.history = history if history is not None else History()
-        note = static_note() if note is None else note
         self.view = FigureView(figsize)
         self.status = W.HTML(value="")
         self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0,
                                    layout=W.Layout(width="180px", visibility="hidden"))
         self.error: Exception | None = None
+        self.book_vary = self._book_vary(book_vary)
+        if book_mode not in (None, PRODUCT, ONE_AT_A_TIME):
+            raise ValueError(f"book_mode={book_mode!r} is invalid: expected {PRODUCT!r}, "
+                             f"{ONE_AT_A_TIME!r} or None (the product when it is small).")
+        self.book_mode = book_mode
+        self.book_errors: dict[tuple, Exception] = {}  # book setting -> what its draw raised
+        self._links: list = []
+        if auto_update:
+            for control in self.controls.values():
+                control.observe(self._on_change, names="value")
+        figure: W.Widget = self.view.image
+        if static_book():
+            figure, book_text = self._render_book()
+            note = (book_text + (" " + book_note if book_note else "")) if note is None else note
+        else:
+            self.update()
+            note = static_note() if note is None else note
         header = [W.HTML(f"<b>{title}</b>")] if title else []
         self.widget = W.VBox(
             header
             + [W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")),
-               W.HBox([self.bar, self.status]), self.view.image,
+               W.HBox([self.bar, self.status]), figure,
                W.HTML(f"<small class='lmlab-note'>{note}</small>") if note else W.HTML("")]
         )
         self.widget.add_class("lmlab-explorer")
-        if auto_update:
-            for control in self.controls.values():
-                control.observe(self._on_change, names="value")
-        self.update()
 
     @property
     def values(self) -> dict:
@@ -260,6 +339,143 @@ class Explorer:
             finally:
                 c.observe(self._on_change, names="value")
         self.update()
+
+    # ------------------------------------------------------------------------- the static book
+    def _book_vary(self, book_vary) -> dict[str, list]:
+        """Checked ``book_vary``: control name -> the values precomputed for the book."""
+        if book_vary is None:
+            book_vary = {name: None for name, c in self.controls.items() if _switchable(c)}
+        out = {}
+        for name, values in book_vary.items():
+            if name not in self.controls:
+                raise ValueError(f"book_vary names {name!r}, which is not a control; this "
+                                 f"explorer has {list(self.controls)}.")
+            offered = [v for _, v in control_choices(self.controls[name])[1]]
+            values = offered if values is None else list(values)
+            missing = [v for v in values if v not in offered]
+            if missing:
+                raise ValueError(f"book_vary[{name!r}] has {missing}, which the control does not "
+                                 f"offer ({offered}).")
+            out[name] = values
+        return out
+
+    def book_settings(self) -> tuple[list[dict], str]:
+        """The settings the static book precomputes (the defaults first) and a sentence saying
+        which they are. Every other control keeps its default value."""
+        defaults = self.values
+        varied = {n: v for n, v in self.book_vary.items() if set(v) - {defaults[n]}}
+        if not varied:
+            return [defaults], STATIC_NOTE
+        product = math.prod(len(set(v) | {defaults[n]}) for n, v in varied.items())
+        mode = self.book_mode or (PRODUCT if product <= BOOK_PRODUCT_LIMIT else ONE_AT_A_TIME)
+        settings = [defaults]
+        if mode == PRODUCT:
+            for combo in itertools.product(*varied.values()):
+                settings.append({**defaults, **dict(zip(varied, combo, strict=True))})
+        else:
+            for name, values in varied.items():
+                settings += [{**defaults, name: v} for v in values]
+        unique: dict[tuple, dict] = {}
+        for s in settings:
+            unique.setdefault(tuple(s.items()), s)
+        settings = list(unique.values())
+        names = ", ".join(self._describe(n) for n in varied)
+        if mode == PRODUCT:
+            what = "every value" if len(varied) == 1 else "every combination"
+            which = f"{what} of {names} ({len(settings)} figures)"
+        else:
+            which = (f"the default settings and each of {names} moved alone "
+                     f"({len(settings)} figures)")
+        total = math.prod(len(control_choices(self.controls[n])[1]) for n in varied)
+        if len(settings) < total:
+            which += f"; the other {total - len(settings)} combinations show a notice"
+        fixed = [self._describe(n) for n in self.controls if n not in varied]
+        if fixed:
+            which += f"; {', '.join(fixed)} stay{'s' if len(fixed) == 1 else ''} at the default"
+        return settings, (
+            f"The figures on this page were precomputed when the book was built: {which}. Moving "
+            "a control switches between them in your browser. Open the chapter in JupyterLab "
+            "(<code>make lab</code>) to run any setting.")
+
+    def _describe(self, name: str) -> str:
+        description = getattr(self.controls[name], "description", "") or name
+        return f"<i>{description}</i>"
+
+    def _draw_for_book(self, setting: dict, *, reference: bool, png: bool) -> bytes | None:
+        """Draw one book setting; each shows the reference behind it and nothing else."""
+        self.history.recent = []
+        self.view.figure.clear()
+        self._draw(self.view.figure, self.progress, **setting)
+        if reference:
+            self.history.commit()
+        else:
+            self.history.commit_limits()
+        return self.view.png() if png else None
+
+    def _render_book(self) -> tuple[W.Widget, str]:
+        """Draw every book setting and return the widget that switches between them in the
+        page, with the note saying which settings are there. Two passes: the first fixes axes
+        that take in every setting, so the figures compare on the same axes; the default setting
+        is drawn last, leaving ``figure``, ``history`` and ``error`` as they are in JupyterLab."""
+        settings, note = self.book_settings()
+        default, others = settings[0], settings[1:]
+        try:
+            self._draw_for_book(default, reference=True, png=False)
+        except Exception:
+            self.history.discard()
+        failed = set()
+        for s in others:
+            try:
+                self._draw_for_book(s, reference=False, png=False)
+            except Exception as err:
+                self.history.discard()
+                self.book_errors[tuple(s.items())] = err
+                failed.add(tuple(s.items()))
+        figures: dict[tuple, W.Widget] = {}
+        for s in others:
+            key = tuple(s.items())
+            if key in failed:
+                err = self.book_errors[key]
+                figures[key] = W.HTML(f"<span style='color:#b00'>{type(err).__name__}: "
+                                      f"{err}</span>")
+                continue
+            image = W.Image(value=self._draw_for_book(s, reference=False, png=True), format="png",
+                            layout=W.Layout(max_width="100%", height="auto"))
+            image.add_class("lmlab-figure")
+            figures[key] = image
+        self.update()
+        self.bar.value = 0.0
+        if self.error is None:
+            self.status.value = ""
+        figures[tuple(default.items())] = self.view.image
+        varied = [n for n in self.controls if len({s[n] for s in settings}) > 1]
+        for name, control in self.controls.items():
+            if name not in varied:
+                control.disabled = True
+        root = self._switch(varied, 0, default, figures, W.HTML(NOT_PRECOMPUTED))
+        root.add_class("lmlab-book-figures")
+        return root, note
+
+    def _switch(self, varied: list[str], level: int, setting: dict, figures: dict,
+                notice: W.Widget) -> W.Widget | None:
+        """The figure of ``setting`` when every control is placed, else a ``Stack`` over the
+        values of control ``varied[level]``, its ``selected_index`` linked in the browser to the
+        control; ``None`` when no precomputed figure lies below."""
+        if level == len(varied):
+            return figures.get(tuple(setting.items()))
+        name = varied[level]
+        control = self.controls[name]
+        trait, choices = control_choices(control)
+        children = [self._switch(varied, level + 1, {**setting, name: v}, figures, notice)
+                    for _, v in choices]
+        if all(c is None for c in children):
+            return None
+        children = [notice if c is None else c for c in children]
+        offset = control.min if trait == "value" else 0  # an IntSlider's value is the index
+        stack = W.Stack([notice] * offset + children,
+                        selected_index=offset + [v for _, v in choices].index(control.value))
+        self._links.append(W.jslink((control, trait), (stack, "selected_index")))
+        return stack
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = self.widget._repr_mimebundle_(**kwargs)
