@@ -37,6 +37,10 @@ WIDGET_SCHEMES: dict[str, tuple[str, dict]] = {
     "zeros": ("zeros", {}),
 }
 
+BOOK_SCHEMES = ("Glorot normal", "He normal", "N(0, 1)", "N(0, 0.02)")
+"""The schemes the static book precomputes: the textbook ones, one that explodes, one that
+vanishes."""
+
 STD_RANGE = (1e-6, 1e4)
 """Fixed y range of the per-layer std panel: wide enough for the vanishing and exploding schemes
 of the menu to show their trend, fixed so that one scheme's curve compares with another's."""
@@ -60,13 +64,18 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
                   scheme: str = "Glorot normal", depth: int = 16, width: int = 64,
                   nonlinearity: str = "tanh", depths=(2, 4, 8, 16, 32),
                   widths=(32, 64, 128, 256), nonlinearities=("tanh", "relu", "linear", "gelu"),
-                  block_size: int = 32, probe_batch: int = 16) -> Explorer:
+                  block_size: int = 32, probe_batch: int = 16,
+                  book_vary: dict | None = None) -> Explorer:
     """An :class:`lmlab.widgets.Explorer` with controls ``scheme`` (a label of
     :data:`WIDGET_SCHEMES`), ``depth``, ``width`` and ``nonlinearity``. Left panel: activation and
     gradient std per layer at initialization (one probe on a validation batch); right panel:
     validation (and smoothed training) loss of that model trained with ``train_config``. Both
     panels keep the reference setting (the defaults, dashed) and the last settings tried (grey)
-    behind the current one, on fixed axes."""
+    behind the current one, on fixed axes.
+
+    Each setting trains a model, so the static book precomputes a few schemes only
+    (:data:`BOOK_SCHEMES` with the default one, at the default depth, width and nonlinearity);
+    ``book_vary`` overrides (see :class:`lmlab.widgets.Explorer`)."""
     if scheme not in WIDGET_SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not one of {list(WIDGET_SCHEMES)}.")
     for name, value, options in [("depth", depth, depths), ("width", width, widths),
@@ -132,5 +141,7 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
         ax_stats.legend(fontsize=6)
         ax_loss.legend(fontsize=6)
 
+    if book_vary is None:
+        book_vary = {"scheme": sorted({*BOOK_SCHEMES, scheme}, key=list(WIDGET_SCHEMES).index)}
     return Explorer(controls, draw, title="Initialization explorer", figsize=(9.5, 3.8),
-                    history=history)
+                    history=history, book_vary=book_vary)

@@ -16,7 +16,7 @@ from ..data import Corpus
 from ..experiments import run_experiment
 from ..plots import loss_curves
 from ..train import TrainingDiverged
-from . import Explorer, History, metric_line
+from . import ONE_AT_A_TIME, Explorer, History, metric_line
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 DEFAULT_CLIPS = (0.0, 0.25, 1.0, 4.0)
@@ -30,11 +30,16 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
                        corpus: Corpus | str = "tinyshakespeare", *,
                        lrs: tuple[float, ...] = DEFAULT_LRS,
                        warmups: tuple[int, ...] | None = None,
-                       clips: tuple[float, ...] = DEFAULT_CLIPS) -> Explorer:
+                       clips: tuple[float, ...] = DEFAULT_CLIPS,
+                       book_vary: dict | None = None) -> Explorer:
     """Controls: optimizer, lr, warmup steps, schedule, grad clip (0 = off). Left panel: training
     loss (smoothed) and validation loss against step, over the validation curves of the reference
     setting (the defaults, dashed) and of the last settings tried (grey), on fixed axes; right
-    panel: the learning rate each step got and the gradient norm before clipping."""
+    panel: the learning rate each step got and the gradient norm before clipping.
+
+    The static book precomputes each optimizer, each schedule and the learning rates next to the
+    default one (a factor of about 3 either side), each moved alone (``book_vary`` overrides:
+    see :class:`lmlab.widgets.Explorer`); warmup and clipping stay at the default there."""
     if warmups is None:
         warmups = tuple(sorted({0, train_config.steps // 20, train_config.steps // 5,
                                 train_config.warmup_steps}))
@@ -100,5 +105,8 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
         norms.set_ylabel("gradient norm (before clipping)", color="C3")
         norms.set_yscale("log")
 
+    if book_vary is None:
+        at = lrs.index(train_config.lr)
+        book_vary = {"optimizer": None, "lr": lrs[max(0, at - 1):at + 2], "schedule": None}
     return Explorer(controls, draw, title="Optimizer explorer", figsize=(9.0, 3.8),
-                    history=history)
+                    history=history, book_vary=book_vary, book_mode=ONE_AT_A_TIME)

@@ -4,8 +4,9 @@ Builds the book with the same script `make book` runs (book/build.py --jobs 2, L
 sharing LMLAB_CACHE_DIR with the notebook tests), serves book/_build/html on 127.0.0.1 and drives
 Debian's Chromium through Playwright. Every chapter page must load, show at least one decoded
 figure and no error output; the navigation links must resolve; the widget explorers must render
-with their figure; and no request may leave 127.0.0.1. Screenshots and the build log go to
-test-artifacts/.
+with their figure; moving a control of each chapter's explorer (explorer_table.EXPLORERS) must
+switch to another figure in the page, without a kernel; and no request may leave 127.0.0.1.
+Screenshots (each explorer before and after the move) and the build log go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
+from explorer_table import EXPLORERS, FIGURE_JS, ExplorerCase, find_explorer, move_control
 
 pytestmark = pytest.mark.browser
 
@@ -234,4 +236,66 @@ def test_widget_explorers_render_offline(site, book_html, chapters, guarded_cont
             page.screenshot(path=str(artifacts_dir / "book-widget.png"))
         page.close()
     problems += _check_guard(guard, "widget pages")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_every_explorer_page_is_in_the_table(book_html, chapters):
+    with_widgets = {
+        c for c in chapters if "lmlab-explorer" in (book_html / f"{c}.html").read_text("utf-8")
+    }
+    missing = sorted(with_widgets - {case.notebook for case in EXPLORERS})
+    assert not missing, (
+        f"chapter(s) {missing} show an explorer that no browser test moves: add a line for each "
+        "to EXPLORERS in tests/browser/explorer_table.py"
+    )
+
+
+@pytest.mark.parametrize("case", EXPLORERS, ids=lambda c: c.id)
+def test_explorer_switches_figures_offline(
+    case: ExplorerCase, site, chapters, guarded_context, artifacts_dir
+):
+    """Move one control on the static page: another precomputed figure must show, decoded and
+    different in pixels, with no request off 127.0.0.1 and no JavaScript error."""
+    if case.notebook not in chapters:
+        pytest.fail(f"{case.notebook}.ipynb is in EXPLORERS but not in notebooks/")
+    context, guard = guarded_context
+    page = _open(context, guard, urljoin(site, f"{case.notebook}.html"))
+    explorer = find_explorer(page, case)
+    try:
+        explorer.wait_for(state="attached", timeout=WIDGET_TIMEOUT_MS)
+    except Exception:
+        pytest.fail(f"{case.notebook}: no rendered explorer titled {case.title!r}")
+    explorer.scroll_into_view_if_needed()
+    page.wait_for_function(
+        f"(root) => {{ const f = ({FIGURE_JS})(root); return !!f && f.decoded; }}",
+        arg=explorer.element_handle(),
+        timeout=WIDGET_TIMEOUT_MS,
+    )
+    note = explorer.locator(".lmlab-note").inner_text()
+    assert "precomputed" in note and "JupyterLab" in note, (
+        f"{case.notebook}: the explorer's note does not say its settings are precomputed and "
+        f"that JupyterLab runs any setting: {note!r}"
+    )
+    before = explorer.evaluate(FIGURE_JS)
+    pixels_before = explorer.locator("img.lmlab-figure:visible").first.screenshot()
+    explorer.screenshot(path=str(artifacts_dir / f"book-{case.notebook}-before.png"))
+    moved = move_control(explorer, case)
+    try:
+        page.wait_for_function(
+            f"([root, old]) => {{ const f = ({FIGURE_JS})(root);"
+            " return !!f && f.decoded && f.src !== old; }",
+            arg=[explorer.element_handle(), before["src"]],
+            timeout=FIGURE_TIMEOUT_MS,
+        )
+    except Exception:
+        explorer.screenshot(path=str(artifacts_dir / f"book-{case.notebook}-after.png"))
+        pytest.fail(
+            f"{case.notebook}: after {moved} no other figure was shown in the page; the explorer "
+            f"shows: {explorer.inner_text()[:600]!r} (was the setting precomputed?)"
+        )
+    page.wait_for_timeout(200)  # layout of the new figure
+    pixels_after = explorer.locator("img.lmlab-figure:visible").first.screenshot()
+    explorer.screenshot(path=str(artifacts_dir / f"book-{case.notebook}-after.png"))
+    assert pixels_after != pixels_before, f"{case.notebook}: after {moved} the figure is unchanged"
+    problems = _check_guard(guard, f"{case.notebook} explorer")
     assert not problems, "\n\n".join(problems)

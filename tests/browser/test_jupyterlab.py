@@ -1,11 +1,13 @@
-"""The quickstart notebook, run by a person in JupyterLab.
+"""Every chapter's explorer, run by a person in JupyterLab.
 
-Starts a real JupyterLab server (isolated config/data/runtime/settings in a temp folder, a temp
-copy of notebooks/ as its root, LMLAB_PROFILE=ci), opens 00_quickstart.ipynb in Debian's Chromium
-through Playwright, runs all cells from the Run menu, waits for the explorer widget
-(.lmlab-explorer), moves one of its controls and checks that the figure (img.lmlab-figure) is
-redrawn. Any error or stderr output in any cell fails the test. Screenshot:
-test-artifacts/jupyterlab-widget.png. JupyterLab is shut down in every case.
+Starts one real JupyterLab server for the module (isolated config/data/runtime/settings in a temp
+folder, a temp copy of notebooks/ as its root, LMLAB_PROFILE=ci). For each line of
+explorer_table.EXPLORERS it opens the notebook in Debian's Chromium through Playwright, runs all
+cells from the Run menu, waits for the explorer widget (.lmlab-explorer with that title), moves
+the named control and checks that the figure (img.lmlab-figure) is redrawn by the kernel. Any
+error or stderr output in any cell fails the test. Screenshots:
+test-artifacts/jupyterlab-<notebook>-before.png and -after.png. The notebook's kernel is shut down
+after each case, JupyterLab at the end of the module, whatever happens.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from explorer_table import EXPLORERS, FIGURE_JS, ExplorerCase, find_explorer, move_control
 
 pytestmark = pytest.mark.browser
 
-NOTEBOOK = "00_quickstart.ipynb"
 SERVER_START_TIMEOUT_S = 120
 NOTEBOOK_OPEN_TIMEOUT_MS = 120_000
 RUN_ALL_TIMEOUT_S = int(os.environ.get("LMLAB_LAB_RUN_TIMEOUT", "480"))
@@ -186,22 +188,22 @@ def _shutdown(proc: subprocess.Popen, url: str, token: str) -> None:
                 proc.wait(timeout=15)
 
 
-def _fail_on_errors(state: dict | None, lab: Lab, when: str) -> None:
+def _fail_on_errors(state: dict | None, notebook: str, when: str) -> None:
     if state and state["errors"]:
         pytest.fail(
             f"{when}: {len(state['errors'])} cell(s) wrote an error or to stderr in "
-            f"{NOTEBOOK}:\n\n" + "\n\n".join(state["errors"][:5])
+            f"{notebook}:\n\n" + "\n\n".join(state["errors"][:5])
         )
 
 
-def _wait_until_executed(page, lab: Lab, timeout_s: float) -> dict:
+def _wait_until_executed(page, lab: Lab, notebook: str, timeout_s: float) -> dict:
     """Poll until every code cell has a number and the kernel is idle; fail early on errors."""
     deadline = time.monotonic() + timeout_s
     state = None
     idle_polls = 0
     while time.monotonic() < deadline:
         state = page.evaluate(NOTEBOOK_STATE_JS)
-        _fail_on_errors(state, lab, "while running all cells")
+        _fail_on_errors(state, notebook, "while running all cells")
         if state:
             done = all(p not in ("[*]:", "[ ]:", "") for p in state["prompts"])
             idle_polls = idle_polls + 1 if done and state["kernel"] == "idle" else 0
@@ -209,7 +211,7 @@ def _wait_until_executed(page, lab: Lab, timeout_s: float) -> dict:
                 return state
         page.wait_for_timeout(1000)
     pytest.fail(
-        f"{NOTEBOOK} did not finish running within {timeout_s:.0f}s (LMLAB_PROFILE=ci). Last "
+        f"{notebook} did not finish running within {timeout_s:.0f}s (LMLAB_PROFILE=ci). Last "
         f"state: {json.dumps(state)[:1500]}\nServer log tail:\n{_tail(lab.log)}"
     )
 
@@ -258,119 +260,126 @@ def _run_all_cells(page) -> None:
                 pytest.fail("Run > Run All Cells did not start any cell within 30s (twice)")
 
 
-def _move_a_control(explorer) -> str:
-    """Change the explorer's first dropdown (or else its first slider); returns what was done."""
-    select = explorer.locator("select").first
-    if select.count():
-        options = select.locator("option").all_inner_texts()
-        current = select.evaluate("(s) => s.options[s.selectedIndex].text")
-        others = [o for o in options if o != current]
-        assert others, f"the explorer's dropdown has a single option ({options}): nothing to move"
-        select.select_option(label=others[0])
-        return f"dropdown {current!r} -> {others[0]!r}"
-    handle = explorer.locator(".noUi-handle, .slider-container [role='slider']").first
-    if handle.count():
-        handle.focus()
-        handle.press("ArrowRight")
-        handle.press("ArrowRight")
-        return "slider moved two steps right"
-    pytest.fail("the explorer has neither a dropdown (select) nor a slider to move")
-
-
-REDRAWN_JS = """
-(old) => {
-  const img = document.querySelector('.jp-NotebookPanel .lmlab-explorer img.lmlab-figure');
-  return !!img && !!img.src && img.src !== old && img.complete && img.naturalWidth > 0;
-}
-"""
 # An explorer catches a failing redraw and shows "SomeError: message" in its status line.
 EXPLORER_ERROR = re.compile(r"\b\w*(Error|Exception)\b: .*")
 
 
-def _wait_for_redraw(page, explorer, before: str, moved: str, lab: Lab, artifacts: Path) -> None:
+def _wait_for_redraw(page, explorer, before: str, moved: str, notebook: str, shot: Path) -> None:
     """Wait for a new, decoded figure; fail at once if the explorer or a cell reports an error."""
+    handle = explorer.element_handle()
     deadline = time.monotonic() + REDRAW_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
-        if page.evaluate(REDRAWN_JS, before):
+        figure = page.evaluate(FIGURE_JS, handle)
+        if figure and figure["decoded"] and figure["src"] != before:
             return
         shown = explorer.inner_text()
         error = EXPLORER_ERROR.search(shown)
         state = page.evaluate(NOTEBOOK_STATE_JS)
         if error or (state and state["errors"]):
-            page.screenshot(path=str(artifacts / "jupyterlab-failure.png"))
-            _fail_on_errors(state, lab, f"after moving a control ({moved})")
+            page.screenshot(path=str(shot))
+            _fail_on_errors(state, notebook, f"after moving a control ({moved})")
             pytest.fail(
                 f"the explorer reported an error after {moved}: {error.group(0)!r} "
-                "(screenshot: test-artifacts/jupyterlab-failure.png)"
+                f"(screenshot: {shot})"
             )
-        page.wait_for_timeout(1000)
-    page.screenshot(path=str(artifacts / "jupyterlab-failure.png"))
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(shot))
     pytest.fail(
         f"the figure was not redrawn within {REDRAW_TIMEOUT_MS // 1000}s after {moved} "
         f"(img.lmlab-figure src unchanged). The explorer shows: {explorer.inner_text()[:800]!r}; "
-        "screenshot: test-artifacts/jupyterlab-failure.png"
+        f"screenshot: {shot}"
     )
 
 
-def test_quickstart_explorer_redraws_in_jupyterlab(
-    browser, notebooks_dir, tmp_path, get_free_port, artifacts_dir
-):
-    if not (notebooks_dir / NOTEBOOK).exists():
-        pytest.fail(f"{notebooks_dir / NOTEBOOK} does not exist: this test runs the quickstart")
+@pytest.fixture(scope="module")
+def lab(notebooks_dir, tmp_path_factory, get_free_port, artifacts_dir) -> Iterator[Lab]:
+    """One JupyterLab server for every explorer of the module."""
     log_path = artifacts_dir / "jupyterlab-server.log"
-    with jupyterlab(notebooks_dir, tmp_path, get_free_port(), log_path) as lab:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        # The lab talks to its own server only; anything else is blocked, not waited on.
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_()
-                if route.request.url.startswith((lab.url, "data:", "blob:"))
-                else route.abort()
-            ),
+    tmp = tmp_path_factory.mktemp("lab")
+    with jupyterlab(notebooks_dir, tmp, get_free_port(), log_path) as server:
+        yield server
+
+
+def _shutdown_kernels(lab: Lab) -> None:
+    """Stop every kernel the server runs (the notebook just tested), freeing its memory."""
+    headers = {"Authorization": f"token {lab.token}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{lab.url}/api/kernels", headers=headers), timeout=10
+    ) as resp:
+        kernels = json.load(resp)
+    for kernel in kernels:
+        req = urllib.request.Request(
+            f"{lab.url}/api/kernels/{kernel['id']}", method="DELETE", headers=headers
         )
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(req, timeout=30).close()
+
+
+@pytest.mark.parametrize("case", EXPLORERS, ids=lambda c: c.id)
+def test_explorer_redraws_in_jupyterlab(
+    case: ExplorerCase, lab: Lab, browser, notebooks_dir, artifacts_dir
+):
+    notebook = f"{case.notebook}.ipynb"
+    if not (notebooks_dir / notebook).exists():
+        pytest.fail(f"{notebooks_dir / notebook} does not exist, yet it is in EXPLORERS")
+    failure_shot = artifacts_dir / f"jupyterlab-{case.notebook}-failure.png"
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # The lab talks to its own server only; anything else is blocked, not waited on.
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith((lab.url, "data:", "blob:"))
+            else route.abort()
+        ),
+    )
+    try:
+        page = context.new_page()
+        page_errors: list[str] = []
+        page.on("pageerror", lambda err: page_errors.append(str(err)))
+        page.goto(
+            f"{lab.url}/lab/tree/{notebook}?token={lab.token}&reset",
+            wait_until="domcontentloaded",
+            timeout=NOTEBOOK_OPEN_TIMEOUT_MS,
+        )
+        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
+            state="visible", timeout=NOTEBOOK_OPEN_TIMEOUT_MS
+        )
+        _wait_for_kernel(page)
+        t0 = time.monotonic()
+        _run_all_cells(page)
+        state = _wait_until_executed(page, lab, notebook, RUN_ALL_TIMEOUT_S)
+        print(
+            f"{notebook}: run all cells: {state['cells']} code cells in "
+            f"{time.monotonic() - t0:.1f}s"
+        )
+
+        explorer = find_explorer(page, case, ".jp-NotebookPanel:not(.lm-mod-hidden)")
         try:
-            page = context.new_page()
-            page_errors: list[str] = []
-            page.on("pageerror", lambda err: page_errors.append(str(err)))
-            page.goto(
-                f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}&reset",
-                wait_until="domcontentloaded",
-                timeout=NOTEBOOK_OPEN_TIMEOUT_MS,
+            # JupyterLab renders cells lazily: wait for the widget to exist, then bring it in view
+            explorer.wait_for(state="attached", timeout=30_000)
+        except Exception:
+            pytest.fail(
+                f"{notebook} ran without errors but no widget with class lmlab-explorer and "
+                f"title {case.title!r} appeared (is the explorer displayed as a cell's output? "
+                "is the @jupyter-widgets/jupyterlab-manager extension loaded?)"
             )
-            page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
-                state="visible", timeout=NOTEBOOK_OPEN_TIMEOUT_MS
-            )
-            _wait_for_kernel(page)
-            t0 = time.monotonic()
-            _run_all_cells(page)
-            state = _wait_until_executed(page, lab, RUN_ALL_TIMEOUT_S)
-            print(f"run all cells: {state['cells']} code cells in {time.monotonic() - t0:.1f}s")
+        explorer.scroll_into_view_if_needed()
+        explorer.locator("img.lmlab-figure").first.wait_for(state="visible", timeout=30_000)
+        before = page.evaluate(FIGURE_JS, explorer.element_handle())
+        assert before and before["src"], "img.lmlab-figure has no src before the control moved"
+        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.notebook}-before.png"))
 
-            explorer = page.locator(".jp-NotebookPanel .lmlab-explorer").first
-            try:
-                explorer.wait_for(state="attached", timeout=30_000)
-            except Exception:
-                pytest.fail(
-                    f"{NOTEBOOK} ran without errors but no widget with class lmlab-explorer "
-                    "appeared (is the explorer displayed as a cell's output? is the "
-                    "@jupyter-widgets/jupyterlab-manager extension loaded?)"
-                )
-            explorer.scroll_into_view_if_needed()
-            figure = explorer.locator("img.lmlab-figure").first
-            figure.wait_for(state="visible", timeout=30_000)
-            before = figure.get_attribute("src")
-            assert before, "img.lmlab-figure has no src before the control was moved"
-
-            moved = _move_a_control(explorer)
-            _wait_for_redraw(page, explorer, before, moved, lab, artifacts_dir)
-            state = _wait_until_executed(page, lab, 120)
-            after = figure.get_attribute("src")
-            assert after != before, f"img.lmlab-figure src did not change after {moved}"
-            explorer.scroll_into_view_if_needed()
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(artifacts_dir / "jupyterlab-widget.png"))
-            _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), lab, f"after {moved}")
-            assert not page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(page_errors)
-        finally:
-            context.close()
+        moved = move_control(explorer, case)
+        _wait_for_redraw(page, explorer, before["src"], moved, notebook, failure_shot)
+        _wait_until_executed(page, lab, notebook, 120)
+        explorer.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.notebook}-after.png"))
+        _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), notebook, f"after {moved}")
+        status = EXPLORER_ERROR.search(explorer.inner_text())
+        assert status is None, f"the explorer shows an error after {moved}: {status.group(0)!r}"
+        assert not page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(page_errors)
+    finally:
+        context.close()
+        _shutdown_kernels(lab)
