@@ -177,7 +177,7 @@ def test_book_page_switches_to_the_figure_of_each_precomputed_setting(monkeypatc
         assert leaf.value == _png_of(setting), setting
     assert _leaf(e, settings[0]) is e.view.image  # the default figure is the explorer's own
     assert e.controls["text"].disabled and not e.controls["colour"].disabled
-    assert "every combination of <i>colour</i>, <i>n</i> (12 figures)" in note
+    assert "every combination of <i>colour</i>, <i>n</i>, 12 figures" in note
     assert "<i>text</i> stays at the default" in note and "make lab" in note
     assert note in e.widget.children[-1].value
 
@@ -195,8 +195,12 @@ def test_book_one_at_a_time_shows_a_notice_for_the_other_combinations(monkeypatc
     for other in ({"colour": "red", "n": 1}, {"colour": "green", "n": 4}):
         leaf = _leaf(e, {**settings[0], **other})
         assert isinstance(leaf, W.HTML) and "not precomputed" in leaf.value
-    assert "each of <i>colour</i>, <i>n</i> moved alone (5 figures)" in note
-    assert "the other 7 combinations show a notice" in note
+    assert "each of <i>colour</i>, <i>n</i> in {1, 2, 3} moved alone, 5 figures" in note
+    assert "the other 7 settings show a notice" in note
+    _, note = _book_explorer(monkeypatch, book_vary={"colour": ["red"]}).book_settings()
+    assert note.startswith("The figures on this page were precomputed when the book was built: "
+                           "every value of <i>colour</i> in {red, green}, 2 figures; the other "
+                           "setting shows a notice; <i>n</i>, <i>text</i> stay at the default.")
 
 
 def test_book_figures_show_the_reference_behind_them_and_share_axes(monkeypatch):

@@ -379,16 +379,17 @@ class Explorer:
         for s in settings:
             unique.setdefault(tuple(s.items()), s)
         settings = list(unique.values())
-        names = ", ".join(self._describe(n) for n in varied)
+        names = ", ".join(self._describe(n, varied[n]) for n in varied)
+        what = "every value of" if len(varied) == 1 else "every combination of"
         if mode == PRODUCT:
-            what = "every value" if len(varied) == 1 else "every combination"
-            which = f"{what} of {names} ({len(settings)} figures)"
+            which = f"{what} {names}, {len(settings)} figures"
         else:
-            which = (f"the default settings and each of {names} moved alone "
-                     f"({len(settings)} figures)")
+            which = f"the default settings and each of {names} moved alone, {len(settings)} figures"
         total = math.prod(len(control_choices(self.controls[n])[1]) for n in varied)
         if len(settings) < total:
-            which += f"; the other {total - len(settings)} combinations show a notice"
+            rest = total - len(settings)
+            which += (f"; the other {rest} settings show a notice" if rest > 1
+                      else "; the other setting shows a notice")
         fixed = [self._describe(n) for n in self.controls if n not in varied]
         if fixed:
             which += f"; {', '.join(fixed)} stay{'s' if len(fixed) == 1 else ''} at the default"
@@ -397,9 +398,18 @@ class Explorer:
             "a control switches between them in your browser. Open the chapter in JupyterLab "
             "(<code>make lab</code>) to run any setting.")
 
-    def _describe(self, name: str) -> str:
-        description = getattr(self.controls[name], "description", "") or name
-        return f"<i>{description}</i>"
+    def _describe(self, name: str, values: Sequence | None = None) -> str:
+        """The control's label in italics, followed by ``in {values}`` when ``values`` are only
+        some of its options (the default value included)."""
+        control = self.controls[name]
+        text = f"<i>{getattr(control, 'description', '') or name}</i>"
+        if values is None:
+            return text
+        choices = control_choices(control)[1]
+        shown = set(values) | {control.value}
+        if len(shown) == len(choices):
+            return text
+        return text + " in {" + ", ".join(label for label, v in choices if v in shown) + "}"
 
     def _draw_for_book(self, setting: dict, *, reference: bool, png: bool) -> bytes | None:
         """Draw one book setting; each shows the reference behind it and nothing else."""
