@@ -55,3 +55,19 @@ def test_zero_init_draws_without_error_and_bad_defaults_fail():
         init_explorer(TINY, scheme="xavier")
     with pytest.raises(ValueError, match="depth"):
         init_explorer(TINY, depth=5)
+
+
+def test_book_precomputes_the_book_schemes_at_the_default_shape(monkeypatch):
+    from lmlab.widgets import STATIC_BOOK_ENV
+    from lmlab.widgets.init import BOOK_SCHEMES
+
+    monkeypatch.setenv(STATIC_BOOK_ENV, "1")
+    e = init_explorer(TINY, scheme="He uniform", depth=4, width=32, depths=(4, 8),
+                      widths=(32, 64), block_size=16, probe_batch=4)
+    settings, note = e.book_settings()
+    # each scheme trains a model: only the book's few, plus the default, at the default shape
+    assert [s["scheme"] for s in settings] == ["He uniform", *BOOK_SCHEMES]
+    assert {(s["depth"], s["width"], s["nonlinearity"]) for s in settings} == {(4, 32, "tanh")}
+    assert e.book_errors == {} and e.error is None
+    assert all(e.controls[n].disabled for n in ("depth", "width", "nonlinearity"))
+    assert "<i>scheme</i> in {Glorot normal, He normal, He uniform, N(0, 1), N(0, 0.02)}" in note

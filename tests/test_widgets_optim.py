@@ -46,3 +46,26 @@ def test_explorer_rejects_defaults_outside_its_options():
     mc = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, d_model=8)
     with pytest.raises(ValueError, match="lr"):
         optimizer_explorer(mc, TrainConfig(lr=2e-3), tiny_corpus())
+
+
+def test_book_moves_optimizer_schedule_and_the_neighbouring_lrs_alone(tmp_path, monkeypatch):
+    from lmlab.config import OPTIMIZERS, SCHEDULES
+    from lmlab.widgets import STATIC_BOOK_ENV
+
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(STATIC_BOOK_ENV, "1")
+    corpus = tiny_corpus()
+    mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
+                     d_model=16)
+    tc = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=3,
+                     eval_batches=1, progress=False)
+    explorer = optimizer_explorer(mc, tc, corpus)
+    settings, _ = explorer.book_settings()
+    default = settings[0]
+    moved = {(name, s[name]) for s in settings[1:] for name in s if s[name] != default[name]}
+    assert all(sum(s[n] != default[n] for n in s) == 1 for s in settings[1:])  # one at a time
+    assert moved == ({("optimizer", o) for o in OPTIMIZERS if o != "adamw"}
+                     | {("schedule", k) for k in SCHEDULES if k != tc.schedule}
+                     | {("lr", 3e-4), ("lr", 3e-3)})
+    assert explorer.book_errors == {} and explorer.error is None
+    assert explorer.controls["warmup"].disabled and explorer.controls["grad_clip"].disabled
