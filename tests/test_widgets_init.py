@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lmlab import TrainConfig
-from lmlab.widgets.init import WIDGET_SCHEMES, init_explorer
+from lmlab.widgets import STATIC_BOOK_ENV
+from lmlab.widgets.init import BOOK_SCHEMES, WIDGET_SCHEMES, init_explorer
 
 TINY = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=3, eval_batches=1,
                    progress=False)
@@ -58,9 +59,6 @@ def test_zero_init_draws_without_error_and_bad_defaults_fail():
 
 
 def test_book_precomputes_the_book_schemes_at_the_default_shape(monkeypatch):
-    from lmlab.widgets import STATIC_BOOK_ENV
-    from lmlab.widgets.init import BOOK_SCHEMES
-
     monkeypatch.setenv(STATIC_BOOK_ENV, "1")
     e = init_explorer(TINY, scheme="He uniform", depth=4, width=32, depths=(4, 8),
                       widths=(32, 64), block_size=16, probe_batch=4)

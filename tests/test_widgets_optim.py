@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from lmlab import ModelConfig, TrainConfig
+from lmlab.config import OPTIMIZERS, SCHEDULES
 from lmlab.data import CharTokenizer, Corpus
+from lmlab.widgets import STATIC_BOOK_ENV
 from lmlab.widgets.optim import optimizer_explorer
 
 
@@ -48,13 +50,11 @@ def test_explorer_rejects_defaults_outside_its_options():
         optimizer_explorer(mc, TrainConfig(lr=2e-3), tiny_corpus())
 
 
-def test_book_moves_optimizer_schedule_and_the_neighbouring_lrs_alone(tmp_path, monkeypatch):
-    from lmlab.config import OPTIMIZERS, SCHEDULES
-    from lmlab.widgets import STATIC_BOOK_ENV
-
+def test_book_moves_optimizer_schedule_and_the_neighbouring_lrs_alone(tmp_path, monkeypatch,
+                                                                      tiny_corpus):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv(STATIC_BOOK_ENV, "1")
-    corpus = tiny_corpus()
+    corpus = tiny_corpus
     mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
                      d_model=16)
     tc = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=3,
