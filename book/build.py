@@ -52,8 +52,9 @@ BOOK_FILES = {
 NODE_MODULES = BOOK / "node_modules"
 WIDGET_FONT_SUFFIXES = {".woff", ".woff2", ".ttf", ".eot", ".svg"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Tells the explorers (lmlab.widgets.STATIC_BOOK_ENV) that their figure will be frozen into a
-# static page, so they add the note "Showing the default settings ..." (absent in JupyterLab).
+# Tells the explorers (lmlab.widgets.STATIC_BOOK_ENV) that they are going into a static page:
+# each then draws its precomputed settings and links them to its controls in the page, with a
+# note saying which settings are there (see "Widgets in two places" in DESIGN.md).
 STATIC_BOOK_ENV = "LMLAB_STATIC_BOOK"
 
 
