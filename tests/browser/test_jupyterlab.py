@@ -127,6 +127,11 @@ def jupyterlab(notebooks_dir: Path, tmp: Path, port: int, log_path: Path) -> Ite
         LMLAB_PROFILE="ci",
         PYTHONUNBUFFERED="1",
     )
+    # Two notebooks run at a time (see _STARTED): share the cores between their kernels instead
+    # of oversubscribing them, as the book build does.
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, threads)
     cmd = [
         sys.executable, "-m", "jupyter", "lab",
         "--no-browser",
@@ -291,6 +296,17 @@ def _wait_for_redraw(page, explorer, before: str, moved: str, notebook: str, sho
     )
 
 
+@dataclass
+class LabRun:
+    """One notebook opened in its own browser context, its cells started with Run All."""
+
+    notebook: str
+    context: object
+    page: object
+    page_errors: list[str]
+    started: float
+
+
 @pytest.fixture(scope="module")
 def lab(notebooks_dir, tmp_path_factory, get_free_port, artifacts_dir) -> Iterator[Lab]:
     """One JupyterLab server for every explorer of the module."""
@@ -298,31 +314,18 @@ def lab(notebooks_dir, tmp_path_factory, get_free_port, artifacts_dir) -> Iterat
     tmp = tmp_path_factory.mktemp("lab")
     with jupyterlab(notebooks_dir, tmp, get_free_port(), log_path) as server:
         yield server
+        for run in _STARTED.values():  # started ahead for a case that was deselected
+            run.context.close()
+        _STARTED.clear()
 
 
-def _shutdown_kernels(lab: Lab) -> None:
-    """Stop every kernel the server runs (the notebook just tested), freeing its memory."""
-    headers = {"Authorization": f"token {lab.token}"}
-    with urllib.request.urlopen(
-        urllib.request.Request(f"{lab.url}/api/kernels", headers=headers), timeout=10
-    ) as resp:
-        kernels = json.load(resp)
-    for kernel in kernels:
-        req = urllib.request.Request(
-            f"{lab.url}/api/kernels/{kernel['id']}", method="DELETE", headers=headers
-        )
-        with contextlib.suppress(urllib.error.HTTPError):
-            urllib.request.urlopen(req, timeout=30).close()
+# Notebooks started ahead: while one case waits for its notebook, the next one already runs
+# (two kernels at a time, as the book build runs two notebooks; their waits overlap).
+_STARTED: dict[str, LabRun] = {}
 
 
-@pytest.mark.parametrize("case", EXPLORERS, ids=lambda c: c.id)
-def test_explorer_redraws_in_jupyterlab(
-    case: ExplorerCase, lab: Lab, browser, notebooks_dir, artifacts_dir
-):
-    notebook = f"{case.notebook}.ipynb"
-    if not (notebooks_dir / notebook).exists():
-        pytest.fail(f"{notebooks_dir / notebook} does not exist, yet it is in EXPLORERS")
-    failure_shot = artifacts_dir / f"jupyterlab-{case.notebook}-failure.png"
+def _start(browser, lab: Lab, notebook: str) -> LabRun:
+    """Open ``notebook`` in a fresh context and workspace of its own and Run All Cells."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     # The lab talks to its own server only; anything else is blocked, not waited on.
     context.route(
@@ -333,25 +336,60 @@ def test_explorer_redraws_in_jupyterlab(
             else route.abort()
         ),
     )
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda err: page_errors.append(str(err)))
+    workspace = notebook.removesuffix(".ipynb")
+    page.goto(
+        f"{lab.url}/lab/workspaces/{workspace}/tree/{notebook}?token={lab.token}&reset",
+        wait_until="domcontentloaded",
+        timeout=NOTEBOOK_OPEN_TIMEOUT_MS,
+    )
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
+        state="visible", timeout=NOTEBOOK_OPEN_TIMEOUT_MS
+    )
+    _wait_for_kernel(page)
+    _run_all_cells(page)
+    return LabRun(notebook, context, page, page_errors, time.monotonic())
+
+
+def _shutdown_kernel(lab: Lab, notebook: str) -> None:
+    """Stop the kernel of ``notebook``'s session (and only it), freeing its memory."""
+    headers = {"Authorization": f"token {lab.token}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{lab.url}/api/sessions", headers=headers), timeout=10
+    ) as resp:
+        sessions = json.load(resp)
+    for session in sessions:
+        if session.get("path", "").endswith(notebook):
+            req = urllib.request.Request(
+                f"{lab.url}/api/sessions/{session['id']}", method="DELETE", headers=headers
+            )
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(req, timeout=30).close()
+
+
+@pytest.mark.parametrize("case", EXPLORERS, ids=lambda c: c.id)
+def test_explorer_redraws_in_jupyterlab(
+    case: ExplorerCase, lab: Lab, browser, notebooks_dir, artifacts_dir
+):
+    notebook = f"{case.notebook}.ipynb"
+    if not (notebooks_dir / notebook).exists():
+        pytest.fail(f"{notebooks_dir / notebook} does not exist, yet it is in EXPLORERS")
+    failure_shot = artifacts_dir / f"jupyterlab-{case.notebook}-failure.png"
+    run = _STARTED.pop(notebook, None) or _start(browser, lab, notebook)
     try:
-        page = context.new_page()
-        page_errors: list[str] = []
-        page.on("pageerror", lambda err: page_errors.append(str(err)))
-        page.goto(
-            f"{lab.url}/lab/tree/{notebook}?token={lab.token}&reset",
-            wait_until="domcontentloaded",
-            timeout=NOTEBOOK_OPEN_TIMEOUT_MS,
+        later = EXPLORERS[EXPLORERS.index(case) + 1 :]
+        following = next(
+            (f"{c.notebook}.ipynb" for c in later if c.notebook != case.notebook), None
         )
-        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(
-            state="visible", timeout=NOTEBOOK_OPEN_TIMEOUT_MS
-        )
-        _wait_for_kernel(page)
-        t0 = time.monotonic()
-        _run_all_cells(page)
+        if following and following not in _STARTED and (notebooks_dir / following).exists():
+            _STARTED[following] = _start(browser, lab, following)
+        page = run.page
         state = _wait_until_executed(page, lab, notebook, RUN_ALL_TIMEOUT_S)
         print(
             f"{notebook}: run all cells: {state['cells']} code cells in "
-            f"{time.monotonic() - t0:.1f}s"
+            f"{time.monotonic() - run.started:.1f}s"
         )
 
         explorer = find_explorer(page, case, ".jp-NotebookPanel:not(.lm-mod-hidden)")
@@ -379,7 +417,9 @@ def test_explorer_redraws_in_jupyterlab(
         _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), notebook, f"after {moved}")
         status = EXPLORER_ERROR.search(explorer.inner_text())
         assert status is None, f"the explorer shows an error after {moved}: {status.group(0)!r}"
-        assert not page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(page_errors)
+        assert not run.page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(
+            run.page_errors
+        )
     finally:
-        context.close()
-        _shutdown_kernels(lab)
+        run.context.close()
+        _shutdown_kernel(lab, notebook)
