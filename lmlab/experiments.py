@@ -30,7 +30,9 @@ from .checkpoint import CheckpointDamaged, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import Corpus, char_corpus
 from .device import autocast_dtype, pick_device
+from .heads import transformer_with_pair_head
 from .model import Transformer
+from .objectives import OBJECTIVES
 from .paths import atomic_write, cache_dir
 from .train import train
 
@@ -191,6 +193,26 @@ def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
                                 "train_config": dataclasses.asdict(train_config),
                                 "corpus": _corpus_id(corpus), "variant": variant})
     return result
+
+
+def objective_run(model_config: ModelConfig, train_config: TrainConfig, objective: str,
+                  mask_rate: float = 0.15, pair_weight: float = 1.0,
+                  corpus: Corpus | str = "tinyshakespeare", **kwargs) -> Result:
+    """Run (or read back) ``objective`` on the given sizes, as its record in
+    :data:`lmlab.objectives.OBJECTIVES` says: the model is causal or bidirectional
+    (``Objective.model_causal``), gets a pair head when the objective trains one, and settings the
+    objective ignores are reset to their defaults (so equal runs share one cache entry).
+    ``kwargs`` go to :func:`run_experiment`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r} is invalid: expected one of {list(OBJECTIVES)}.")
+    facts = OBJECTIVES[objective]
+    mask_rate = mask_rate if facts.uses_mask_rate else 0.15
+    pair_weight = pair_weight if facts.pair_head else 1.0
+    return run_experiment(
+        model_config.replace(causal=facts.model_causal),
+        train_config.replace(objective=objective, mask_rate=mask_rate, pair_weight=pair_weight),
+        corpus, label=objective, builder=transformer_with_pair_head if facts.pair_head else None,
+        variant="pair_head" if facts.pair_head else None, **kwargs)
 
 
 def grid(**axes: Iterable) -> list[dict]:

@@ -117,7 +117,7 @@ def lr_range_test(model_config: ModelConfig, train_config: TrainConfig,
                            torch.Generator(device=device).manual_seed(train_config.seed))
     ctx = ObjectiveContext(corpus.tokenizer,
                            torch.Generator(device=device).manual_seed(train_config.seed + 1))
-    objective = OBJECTIVES[train_config.objective]
+    objective = OBJECTIVES[train_config.objective].loss
     clip = train_config.grad_clip or math.inf
     losses: list[float] = []
     smoothed: list[float] = []

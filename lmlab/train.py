@@ -194,7 +194,7 @@ def evaluate(model: nn.Module, batches, objective: str = "clm", ctx: ObjectiveCo
     """Mean loss of ``objective`` over ``batches`` in eval mode (no dropout); restores the mode.
     Randomness the objective needs (MLM masks) comes from a generator reseeded with ``seed``,
     so the same model always gets the same score."""
-    fn = OBJECTIVES[objective]
+    fn = OBJECTIVES[objective].loss
     ctx = ctx if ctx is not None else ObjectiveContext(tokenizer=None)
     if ctx.generator is not None:
         ctx.generator.manual_seed(seed)
@@ -354,7 +354,7 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                                 pair_text=corpus.val)
     eval_train_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate,
                                       config.pair_weight, pair_text=corpus.train)
-    objective = OBJECTIVES[config.objective]
+    objective = OBJECTIVES[config.objective].loss
     optimizer = build_optimizer(model, config, device)
     amp_dtype = autocast_dtype(device, config.dtype)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
