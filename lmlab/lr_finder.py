@@ -24,10 +24,10 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus, char_corpus
-from .device import pick_device
+from .device import SEED_OFFSETS, pick_device
 from .model import Transformer
 from .objectives import OBJECTIVES, ObjectiveContext
-from .optim import build_optimizer
+from .optim import build_optimizer, set_lr
 from .paths import cache_dir
 
 SUGGESTION_RULES = ("steepest", "min_over_10")
@@ -116,14 +116,14 @@ def lr_range_test(model_config: ModelConfig, train_config: TrainConfig,
     sampler = BatchSampler(corpus.train, model_config.block_size, train_config.batch_size, device,
                            torch.Generator(device=device).manual_seed(train_config.seed))
     ctx = ObjectiveContext(corpus.tokenizer,
-                           torch.Generator(device=device).manual_seed(train_config.seed + 1))
+                           torch.Generator(device=device).manual_seed(
+                               train_config.seed + SEED_OFFSETS["objective"]))
     objective = OBJECTIVES[train_config.objective].loss
     clip = train_config.grad_clip or math.inf
     losses: list[float] = []
     smoothed: list[float] = []
     for lr in lrs:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         x, y = sampler.sample()  # (B, T), (B, T)
         loss = objective(model, x, y, ctx)
         value = float(loss.detach())

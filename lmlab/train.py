@@ -25,7 +25,6 @@ survives (README, "What survives what"; each promise is a test):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import signal
@@ -40,21 +39,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
 from .checkpoint import RNG_KEY, checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
-from .device import autocast_dtype, compile_model, pick_device
+from .device import SEED_OFFSETS, autocast_context, autocast_dtype, compile_model, pick_device
 from .distributed import DistContext, sync_gradients
-from .modes import eval_mode
+from .evaluation import eval_batches, eval_context, evaluate
+from .history import RunHistory
 from .objectives import OBJECTIVES, ObjectiveContext, check_objective_fits
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 from .paths import cache_dir
+from .version import __version__
 
 
 @dataclass
-class Run:
-    """What a training run produced: the model, its history rows and where checkpoints went."""
+class Run(RunHistory):
+    """What a training run produced: the model, its history rows and where checkpoints went
+    (``evals``, ``column``, ``final_val_loss``, ``best_val_loss`` from :class:`RunHistory`)."""
 
     model: nn.Module
     config: TrainConfig
@@ -63,26 +64,6 @@ class Run:
     best_path: Path | None = None
     interrupted: bool = False
     stopped_early: bool = False
-
-    @property
-    def evals(self) -> list[dict]:
-        """The rows that carry a validation loss."""
-        return [r for r in self.history if r.get("val_loss") is not None]
-
-    @property
-    def final_val_loss(self) -> float | None:
-        evals = self.evals
-        return evals[-1]["val_loss"] if evals else None
-
-    @property
-    def best_val_loss(self) -> float | None:
-        evals = self.evals
-        return min(r["val_loss"] for r in evals) if evals else None
-
-    def column(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) for rows that have ``key``: ready to plot."""
-        rows = [r for r in self.history if r.get(key) is not None]
-        return [r["step"] for r in rows], [r[key] for r in rows]
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,46 +147,6 @@ def _set_rng_state(state: dict, *generators: torch.Generator, device: torch.devi
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _fixed_batches(data: torch.Tensor, block_size: int, batch_size: int, n: int, seed: int,
-                   device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    sampler = BatchSampler(data, block_size, batch_size, "cpu", g)
-    return [tuple(t.to(device) for t in sampler.sample()) for _ in range(n)]
-
-
-EVAL_SEED_OFFSETS = {"val": 2, "train": 3}
-
-
-def eval_batches(corpus: Corpus, block_size: int, config: TrainConfig, split: str = "val",
-                 device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed batches :func:`train` scores: ``split="val"`` gives those of ``val_loss``,
-    ``"train"`` those of ``eval_train_loss`` (``config.eval_batches`` batches of
-    ``config.batch_size`` windows, drawn with seed ``config.seed + EVAL_SEED_OFFSETS[split]``)."""
-    if split not in EVAL_SEED_OFFSETS:
-        raise ValueError(f"split={split!r} is invalid: expected 'val' or 'train'.")
-    data = corpus.val if split == "val" else corpus.train
-    return _fixed_batches(data, block_size, config.batch_size, config.eval_batches,
-                          config.seed + EVAL_SEED_OFFSETS[split], torch.device(device))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, objective: str = "clm", ctx: ObjectiveContext | None = None,
-             autocast=contextlib.nullcontext, seed: int = 0) -> float:
-    """Mean loss of ``objective`` over ``batches`` in eval mode (no dropout); restores the mode.
-    Randomness the objective needs (MLM masks) comes from a generator reseeded with ``seed``,
-    so the same model always gets the same score."""
-    fn = OBJECTIVES[objective].loss
-    ctx = ctx if ctx is not None else ObjectiveContext(tokenizer=None)
-    if ctx.generator is not None:
-        ctx.generator.manual_seed(seed)
-    total = 0.0
-    with eval_mode(model):
-        for x, y in batches:
-            with autocast():
-                total += float(fn(model, x, y, ctx))
-    return total / len(batches)
-
-
 CHECKPOINT_FORMAT = "lmlab-checkpoint-2"
 
 
@@ -217,7 +158,7 @@ def _payload(model, optimizer, scaler, step, history, rng, model_config, config,
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         RNG_KEY: rng,
         "history": [dict(r) for r in history],
         "best": dict(best),
@@ -340,7 +281,8 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     sample_gen = torch.Generator(device=device).manual_seed(config.seed)
     # --- data parallel (dist): per-rank objective randomness, this rank's rows of each batch --
     seed_offset = dist.seed_offset if dist is not None else 0
-    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + seed_offset)
+    objective_gen = torch.Generator(device=device).manual_seed(
+        config.seed + SEED_OFFSETS["objective"] + seed_offset)
     eval_gen = torch.Generator(device=device)
     if dist is not None:
         sampler = dist.sampler(corpus.train, block_size, config.batch_size, sample_gen)
@@ -350,19 +292,16 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
     train_batches = eval_batches(corpus, block_size, config, "train", device)
     ctx = ObjectiveContext(tokenizer, objective_gen, config.label_smoothing, config.mask_rate,
                            config.pair_weight, pair_text=corpus.train)  # NSP/SOP line pairs
-    eval_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate, config.pair_weight,
-                                pair_text=corpus.val)
-    eval_train_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate,
-                                      config.pair_weight, pair_text=corpus.train)
+    eval_ctx = eval_context(corpus, config, "val", eval_gen)
+    eval_train_ctx = eval_context(corpus, config, "train", eval_gen)
+    eval_seed = config.seed + SEED_OFFSETS["eval_objective"]
     objective = OBJECTIVES[config.objective].loss
     optimizer = build_optimizer(model, config, device)
     amp_dtype = autocast_dtype(device, config.dtype)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+        return autocast_context(device, amp_dtype)
 
     history: list[dict] = []
     best = {"val_loss": math.inf, "step": 0}
@@ -378,7 +317,7 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                 + " may change on resume (steps only upward); start a new run to change the rest.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
+        if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state[RNG_KEY], sample_gen, objective_gen, device=device)
         if dist is not None:  # --- data parallel (dist): ranks > 0 reseed their own randomness
@@ -441,8 +380,7 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
             if stop.requested if dist is None else dist.any(stop.requested):
                 raise KeyboardInterrupt
             lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for micro in range(config.grad_accum):
                 x, y = sampler.sample()  # (B, T), (B, T)
@@ -452,9 +390,8 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                     loss = objective(forward_model, x, y, ctx)
                 loss_sum += loss.detach().float()
                 loss = loss / config.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
+                scaler.scale(loss).backward()  # scale(loss) is loss when fp16 is off
+            scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             # one host-device sync per step: the loss and the norm decide whether to update
             stats = torch.stack([loss_sum / config.grad_accum, norm.float()])
@@ -463,23 +400,21 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
             train_loss, grad_norm = stats.tolist()
             if not math.isfinite(train_loss):
                 raise diverged(step, lr, f"training loss became {train_loss}")
-            if not math.isfinite(grad_norm) and scaler is None:  # the scaler skips such steps
+            # (with fp16 the scaler skips a step whose gradient overflowed, and lowers its scale)
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():
                 raise diverged(step, lr, f"gradient norm became {grad_norm}")
             updating = True
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            scaler.step(optimizer)  # optimizer.step() when fp16 is off
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             row = {"step": step, "tokens": step * tokens_per_step, "lr": lr,
                    "train_loss": train_loss, "grad_norm": grad_norm}
             if step % config.eval_every == 0 or step == config.steps:
                 if dist is None or dist.is_main:  # --- data parallel (dist): rank 0 evaluates
                     row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx,
-                                               autocast, config.seed + 4)
+                                               autocast, eval_seed)
                     row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
-                                                      eval_train_ctx, autocast, config.seed + 4)
+                                                      eval_train_ctx, autocast, eval_seed)
                 if dist is not None:
                     dist.share(row, ("val_loss", "eval_train_loss"))
             row["seconds"] = elapsed0 + time.perf_counter() - t0

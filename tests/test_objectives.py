@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab import ModelConfig, Transformer
-from lmlab.data import CharTokenizer
+from lmlab import ModelConfig, TrainConfig, Transformer, train
+from lmlab.data import CharTokenizer, Corpus
+from lmlab.evaluation import validation_loss
 from lmlab.heads import transformer_with_pair_head
 from lmlab.objectives import (
     IGNORE_INDEX,
@@ -312,12 +313,7 @@ def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
 
 def test_pair_objective_losses_are_rescored_exactly_from_the_split_they_came_from():
     """train() draws the pairs of val_loss from the validation text and those of eval_train_loss
-    from the training text; regularization.validation_loss must draw the same ones."""
-    from lmlab import TrainConfig
-    from lmlab.data import Corpus
-    from lmlab.regularization import validation_loss
-    from lmlab.train import train
-
+    from the training text; evaluation.validation_loss must draw the same ones."""
     text = torch.tensor(TOK.encode(("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\n"
                                     "b:\nso it goes\nand went\nto sea.\n\n") * 12))
     corpus = Corpus("lines", TOK, text[: len(text) * 3 // 4], text[len(text) * 3 // 4 :])
