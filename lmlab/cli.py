@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model
 from .config import (
@@ -353,8 +354,6 @@ def run_train(args: argparse.Namespace) -> int:
             log.write(json.dumps(row) + "\n")
             log.flush()
             if "val_loss" in row:
-                from tqdm.auto import tqdm
-
                 tqdm.write(eval_line(row, config.steps))
 
         try:

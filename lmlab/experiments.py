@@ -118,6 +118,27 @@ def _write_json(path: Path, data: dict) -> None:
         json.dump(data, f)
 
 
+def cached_record(key: str, compute: Callable[[], dict], cache: bool = True) -> tuple[dict, bool]:
+    """A JSON record kept in the experiment cache, ``runs/<key>/record.json``: read back when it
+    is there and whole, else ``compute()``d and written atomically. Returns (record, cached). For
+    results that are not a training history (the learning-rate range test): one cache, one way
+    to write it."""
+    path = cache_dir() / "runs" / key / "record.json"
+    if cache and path.exists():
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("it is not a JSON object")
+            return record, True
+        except (OSError, ValueError) as err:
+            warnings.warn(f"the cached record {path} is damaged ({type(err).__name__}: {err}); "
+                          "computing it again.", RuntimeWarning, stacklevel=2)
+    record = compute()
+    if cache:
+        _write_json(path, record)
+    return record, False
+
+
 def _read_entry(folder: Path, keep_model: bool, keep_best: bool = False) -> dict | None:
     """The cached ``result.json`` of ``folder`` if it and (when there) ``model.pt`` read back
     whole; ``None`` when there is no entry, or when it lacks the weights or the ``best.pt``

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -233,8 +234,6 @@ def mean_field_std(nonlinearity: str, weight_var_fan_in: float, depth: int,
     m_l = (weight_var_fan_in / 2)^l m_0 exactly; for tanh at weight_var_fan_in = 1 the variance
     decays slowly, q_l ~ 1 / (2 l), because tanh(z) ~ z - z^3 / 3 takes a little off each layer.
     """
-    import numpy as np
-
     if depth < 1 or weight_var_fan_in <= 0 or input_second_moment <= 0:
         raise ValueError(f"need depth >= 1 and positive variances; got depth={depth}, "
                          f"weight_var_fan_in={weight_var_fan_in}, "

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .checkpoint import RNG_KEY, checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
@@ -367,8 +368,6 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
             f"the {what} at step {step} (lr={lr:.3g}); the update was not applied. History up "
             f"to step {completed} is in .run.history{note}. Try a lower lr, a longer warmup or "
             "gradient clipping.", run)
-
-    from tqdm.auto import tqdm
 
     show_progress = config.progress and (dist is None or dist.is_main)  # --- dist: rank 0
     bar = tqdm(total=config.steps, initial=step0, disable=not show_progress, desc="train",
