@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lmlab import ModelConfig, TrainConfig, Transformer, experiments
+from lmlab import ModelConfig, Run, TrainConfig, Transformer, experiments
 from lmlab.data import CharTokenizer, Corpus
 from lmlab.experiments import grid, records, run_experiment, run_key, sweep
 from lmlab.heads import TransformerWithPairHead, transformer_with_pair_head
@@ -164,3 +164,19 @@ def test_key_tells_apart_texts_of_equal_name_and_size_and_the_dtype_used(setup, 
     fp32 = run_key(mc, tc, a)  # dtype="auto" resolves to float32 on the CPU ...
     monkeypatch.setattr(experiments, "autocast_dtype", lambda device, pref: torch.bfloat16)
     assert run_key(mc, tc, a) != fp32  # ... and a bf16 run of the same config is another run
+
+
+def test_run_and_result_read_a_history_the_same_way():
+    """One history API: a live Run and a cached Result give the same answers, None before the
+    first evaluation (a Result used to raise IndexError there while a Run returned None)."""
+    rows = [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.9, "val_loss": 2.5},
+            {"step": 3, "train_loss": 2.8, "val_loss": 2.7}]
+    mc = ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, d_model=8)
+    for history, final, best in ((rows, 2.7, 2.5), (rows[:1], None, None)):
+        run = Run(Transformer(mc), TrainConfig(), history)
+        result = experiments.Result("k", "label", mc, TrainConfig(), "tiny", history)
+        for h in (run, result):
+            assert (h.final_val_loss, h.best_val_loss) == (final, best)
+            assert h.evals == [r for r in history if "val_loss" in r]
+            assert h.column("train_loss") == ([r["step"] for r in history],
+                                              [r["train_loss"] for r in history])
