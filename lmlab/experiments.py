@@ -226,11 +226,12 @@ def run_experiment(model_config: ModelConfig, train_config: TrainConfig,
         return Result(key, label, model_config, train_config, corpus.name, meta["history"],
                       variant, model_path if model_path.exists() else None, True,
                       meta.get("info", {}), builder, best_path if keep_best else None)
+    run_config = train_config  # what train() gets: with keep_best, where best.pt goes
     if keep_best:
-        train_config = train_config.replace(keep_best=True, checkpoint_dir=str(best_path.parent))
+        run_config = train_config.replace(keep_best=True, checkpoint_dir=str(best_path.parent))
     torch.manual_seed(train_config.seed)
     model = (builder or Transformer)(model_config)
-    run = train(model, corpus, train_config, callback=callback)
+    run = train(model, corpus, run_config, callback=callback)
     info = {"interrupted": run.interrupted, "stopped_early": run.stopped_early}
     result = Result(key, label, model_config, train_config, corpus.name, run.history, variant,
                     None, False, info, builder, run.best_path)
