@@ -9,12 +9,14 @@ the pages load is served from the book itself (no CDN): require.js, the ipywidge
 from __future__ import annotations
 
 import datetime
-from importlib.metadata import version
+from importlib import metadata
 
 project = "lmlab"
 author = "the lmlab authors"
 copyright = f"{datetime.date.today().year}, {author}"
-release = version("lmlab")  # written once, in pyproject.toml
+# Not `from importlib.metadata import version`: Sphinx would read that function as the `version`
+# setting and fail writing objects.inv ("expected string ..., got 'function'").
+release = metadata.version("lmlab")  # written once, in pyproject.toml
 
 html_title = "lmlab: how language models are pretrained"
 root_doc = "index"  # book/intro.md, staged as index.md by build.py
