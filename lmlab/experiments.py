@@ -225,3 +225,33 @@ def records(results: Iterable[Result], metrics: tuple[str, ...] = ("val_loss",))
                 rows.append({"label": r.label, "step": h["step"], "tokens": h["tokens"],
                              "lr": h["lr"], **{m: h[m] for m in metrics}})
     return rows
+
+
+def cached_record(kind: str, spec: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """A computation that is not one :func:`run_experiment` (a distillation run, a policy-gradient
+    run), computed once per ``spec`` and read back from ``$LMLAB_CACHE_DIR/<kind>/<key>`` after.
+
+    ``spec`` (JSON-able) must name everything the result depends on (configs, the keys of the runs
+    it starts from, the corpus, the device type); the key adds lmlab's code fingerprint, as
+    :func:`run_key` does. ``compute()`` returns a JSON-able dict, which is stored whole (atomic
+    write) unless it says ``{"info": {"interrupted": True}}``. A damaged entry warns, naming the
+    file, and is computed again. Returns (record, read_from_cache).
+    """
+    blob = json.dumps({"kind": kind, "spec": spec, "code": code_fingerprint()}, sort_keys=True,
+                      default=str)
+    path = cache_dir() / kind / hashlib.sha256(blob.encode()).hexdigest()[:20] / "record.json"
+    if path.exists():
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("it holds no dict")
+            return record, True
+        except (OSError, ValueError) as err:
+            warnings.warn(f"the cached record {path} is damaged ({type(err).__name__}: {err}); "
+                          "removed, computing it again.", RuntimeWarning, stacklevel=2)
+            path.unlink(missing_ok=True)
+    record = compute()
+    if not (record.get("info") or {}).get("interrupted"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
+    return record, False

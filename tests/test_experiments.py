@@ -123,3 +123,28 @@ def test_key_tells_apart_texts_of_equal_name_and_size_and_the_dtype_used(setup, 
     fp32 = run_key(mc, tc, a)  # dtype="auto" resolves to float32 on the CPU ...
     monkeypatch.setattr(experiments, "autocast_dtype", lambda device, pref: torch.bfloat16)
     assert run_key(mc, tc, a) != fp32  # ... and a bf16 run of the same config is another run
+
+
+def test_cached_record_computes_once_recomputes_a_damaged_entry_and_skips_interrupted(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"history": [{"step": 1, "x": len(calls)}], "info": {"interrupted": False}}
+
+    first, cached = experiments.cached_record("demo", {"a": 1}, compute)
+    again, cached_again = experiments.cached_record("demo", {"a": 1}, compute)
+    assert (cached, cached_again, len(calls)) == (False, True, 1) and first == again
+    _, other = experiments.cached_record("demo", {"a": 2}, compute)  # another spec, another key
+    assert not other and len(calls) == 2
+    (path,) = [p for p in (tmp_path / "demo").glob("*/record.json")
+               if json.loads(p.read_text()) == first]
+    path.write_text('{"history": [')  # truncated
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        redone, cached = experiments.cached_record("demo", {"a": 1}, compute)
+    assert not cached and redone["history"][0]["x"] == 3
+    experiments.cached_record("demo", {"a": 3},
+                              lambda: {"history": [], "info": {"interrupted": True}})
+    assert not experiments.cached_record("demo", {"a": 3}, compute)[1]  # not cached
