@@ -211,8 +211,9 @@ def distilled_run(student_config: ModelConfig, train_config: TrainConfig, corpus
 
     record, cached = cached_record("distill", {"run": key}, compute)
     label = label or (f"T={temperature:g}, alpha={alpha:g}" if alpha > 0 else "labels only")
-    return Result(key, label, student_config, train_config, corpus.name, record["history"],
-                  variant, None, cached, record["info"])
+    return Result(key=key, label=label, model_config=student_config, train_config=train_config,
+                  corpus=corpus.name, history=record["history"], variant=variant, cached=cached,
+                  info=record["info"])
 
 
 def temperature_sweep(student_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
