@@ -24,7 +24,6 @@ caches its result like :func:`lmlab.experiments.run_experiment`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -36,13 +35,14 @@ from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, CharTokenizer, Corpus
-from .device import autocast_dtype, pick_device
+from .device import SEED_OFFSETS, autocast_context, autocast_dtype, pick_device
+from .evaluation import eval_batches, evaluate
 from .experiments import Result, cached_record, run_key
 from .model import Transformer
 from .modes import eval_mode
 from .objectives import clm_loss, distillation_loss
-from .optim import build_optimizer, lr_at
-from .train import Run, TrainingDiverged, eval_batches, evaluate
+from .optim import build_optimizer, lr_at, set_lr
+from .train import Run, TrainingDiverged
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -128,9 +128,7 @@ def distill_train(student: nn.Module, teacher: nn.Module | None, corpus: Corpus,
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+        return autocast_context(device, amp_dtype)
 
     params = [p for p in student.parameters() if p.requires_grad]
     clip = config.grad_clip if config.grad_clip else math.inf
@@ -141,8 +139,7 @@ def distill_train(student: nn.Module, teacher: nn.Module | None, corpus: Corpus,
     try:
         for step in range(1, config.steps + 1):
             lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             x, y = sampler.sample()  # (B, T), (B, T)
             with autocast():
                 student_logits = student(x)  # (B, T, V)
@@ -167,10 +164,11 @@ def distill_train(student: nn.Module, teacher: nn.Module | None, corpus: Corpus,
             row = {"step": step, "tokens": step * config.batch_size * block, "lr": lr,
                    "train_loss": train_loss, "grad_norm": grad_norm}
             if step % config.eval_every == 0 or step == config.steps:
+                seed = config.seed + SEED_OFFSETS["eval_objective"]
                 row["val_loss"] = evaluate(student, val_batches, "clm", autocast=autocast,
-                                           seed=config.seed + 4)
+                                           seed=seed)
                 row["eval_train_loss"] = evaluate(student, train_batches, "clm",
-                                                  autocast=autocast, seed=config.seed + 4)
+                                                  autocast=autocast, seed=seed)
             row["seconds"] = time.perf_counter() - t0
             run.history.append(row)
             if callback is not None:
@@ -209,7 +207,7 @@ def distilled_run(student_config: ModelConfig, train_config: TrainConfig, corpus
                             temperature=temperature, alpha=alpha, callback=callback)
         return {"history": run.history, "info": {"interrupted": run.interrupted}}
 
-    record, cached = cached_record("distill", {"run": key}, compute)
+    record, cached = cached_record(key, compute)
     label = label or (f"T={temperature:g}, alpha={alpha:g}" if alpha > 0 else "labels only")
     return Result(key=key, label=label, model_config=student_config, train_config=train_config,
                   corpus=corpus.name, history=record["history"], variant=variant, cached=cached,

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .device import pick_device
-from .experiments import Result, cached_record
+from .experiments import Result, cached_record, spec_key
 from .generate import generate_ids
 
 BASELINES = ("none", "leave_one_out")
@@ -268,5 +268,5 @@ def letter_free_run(base: Result, tokenizer, config: PolicyGradientConfig, *, le
 
     spec = {"base": base.key, "config": dataclasses.asdict(config), "letter": letter,
             "n_report": n_report}
-    record, _ = cached_record("reinforce", spec, compute)
+    record, _ = cached_record(spec_key("reinforce", spec), compute)
     return record
