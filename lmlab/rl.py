@@ -258,6 +258,8 @@ def letter_free_run(base: Result, tokenizer, config: PolicyGradientConfig, *, le
             tuned, history = reinforce_finetune(reference, tokenizer, reward_fn, config,
                                                 callback=record)
         except KeyboardInterrupt:
+            print(f"Interrupted after step {len(rows)}: the partial history is in the record's "
+                  "'history' and nothing was cached; run the cell again to train it whole.")
             return {"history": rows, "info": {"interrupted": True}}
         seed = config.seed + 1000  # the report's samples are not any training batch
         return {"history": history, "info": {"interrupted": False},
