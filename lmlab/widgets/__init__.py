@@ -180,9 +180,22 @@ class FigureView:
         self.renders += 1
 
 
+PREVIEW_INTERVAL_S = 1.0
+"""Least wall time between two previews of a figure while its run trains (the first is drawn
+at once); a preview also waits at least ``PREVIEW_COST_RATIO`` times as long as the last one
+took to draw, so drawing never takes more than about a tenth of the training's time."""
+PREVIEW_COST_RATIO = 9.0
+
+
 class Explorer:
     """Controls + one figure. ``draw(figure, progress, **values)`` is called with the controls'
     current values whenever one changes; ``progress(fraction, text)`` updates the status line.
+
+    A setting that trains shows its figure while it trains: the draw function passes
+    ``progress(fraction, text, preview=fn)`` from the training callback, where ``fn(figure)``
+    draws the figure from the rows so far. The explorer draws the first preview at once, then at
+    most one per :data:`PREVIEW_INTERVAL_S` (``preview_interval``); ``previews`` counts them. A
+    setting that fails puts the last complete figure back.
 
     ``explorer.set(name=value, ...)`` changes controls from code (tests do this); ``.widget`` is
     the root VBox; displaying the explorer displays it. ``history`` (a :class:`History` the draw
@@ -195,6 +208,9 @@ class Explorer:
                  history: History | None = None):
         self.controls = dict(controls)
         self._draw = draw
+        self.preview_interval = PREVIEW_INTERVAL_S
+        self.previews = 0
+        self._next_preview = 0.0  # perf_counter time from which the next preview may be drawn
         self.history = history if history is not None else History()
         note = static_note() if note is None else note
         self.view = FigureView(figsize)
@@ -223,15 +239,27 @@ class Explorer:
     def figure(self) -> Figure:
         return self.view.figure
 
-    def progress(self, fraction: float, text: str = "") -> None:
+    def progress(self, fraction: float, text: str = "",
+                 preview: Callable[[Figure], None] | None = None) -> None:
+        """Move the progress bar to ``fraction`` with status ``text``; when ``preview`` is given
+        and one is due, redraw the figure with ``preview(figure)`` (the run so far)."""
         self.bar.layout.visibility = "visible"
         self.bar.value = min(1.0, max(0.0, fraction))
         if text:
             self.status.value = text
+        if preview is not None and time.perf_counter() >= self._next_preview:
+            start = time.perf_counter()
+            self.view.redraw(preview)
+            self.previews += 1
+            now = time.perf_counter()
+            self._next_preview = now + max(self.preview_interval,
+                                           PREVIEW_COST_RATIO * (now - start))
 
     def update(self) -> None:
         start = time.perf_counter()
         self.error = None
+        self._next_preview = 0.0  # the first preview of a new setting is drawn at once
+        shown = self.view.image.value
         try:
             self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
             self.history.commit()
@@ -239,6 +267,7 @@ class Explorer:
         except Exception as err:  # shown to the learner; the previous figure stays up
             self.history.discard()
             self.error = err
+            self.view.image.value = shown  # a preview may have replaced it
             self.status.value = f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
         finally:
             self.bar.layout.visibility = "hidden"
@@ -265,6 +294,21 @@ class Explorer:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/plain"] = f"{type(self).__name__} with controls {list(self.controls)}"
         return bundle
+
+
+def live_callback(progress: Callable, steps: int, describe: Callable[[dict], str],
+                  plot: Callable[[Figure, list[dict]], None]) -> Callable[[dict], None]:
+    """A ``train(..., callback=...)`` for an explorer's draw function: it keeps the history rows
+    so far, moves the progress bar to step / ``steps`` with status ``describe(row)``, and offers
+    ``plot(figure, rows)`` as the preview (:meth:`Explorer.progress` draws it when one is due), so
+    the figure grows while the run trains."""
+    rows: list[dict] = []
+
+    def on_row(row: dict) -> None:
+        rows.append(row)
+        progress(row["step"] / steps, describe(row), preview=lambda figure: plot(figure, rows))
+
+    return on_row
 
 
 class LiveLossPlot:
