@@ -166,10 +166,12 @@ class FigureView:
         self.image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.image.add_class("lmlab-figure")
         self.renders = 0
+        self.shown = self.figure  # the figure whose PNG the Image shows
+        self._scratch: Figure | None = None
 
-    def png(self) -> bytes:
+    def png(self, figure: Figure | None = None) -> bytes:
         buf = io.BytesIO()
-        self.figure.savefig(buf, format="png")
+        (figure or self.figure).savefig(buf, format="png")
         return buf.getvalue()
 
     def redraw(self, draw: Callable[[Figure], None]) -> None:
@@ -177,7 +179,20 @@ class FigureView:
         self.figure.clear()
         draw(self.figure)
         self.image.value = self.png()
+        self.shown = self.figure
         self.renders += 1
+
+    def preview(self, draw: Callable[[Figure], None]) -> None:
+        """Show ``draw(scratch)`` drawn on a scratch figure of the same size, leaving
+        :attr:`figure` to the redraw in progress (which is still filling it)."""
+        if self._scratch is None:
+            self._scratch = Figure(figsize=self.figure.get_size_inches(), dpi=self.figure.dpi,
+                                   layout="constrained")
+            FigureCanvasAgg(self._scratch)
+        self._scratch.clear()
+        draw(self._scratch)
+        self.image.value = self.png(self._scratch)
+        self.shown = self._scratch
 
 
 PREVIEW_INTERVAL_S = 1.0
@@ -249,7 +264,7 @@ class Explorer:
             self.status.value = text
         if preview is not None and time.perf_counter() >= self._next_preview:
             start = time.perf_counter()
-            self.view.redraw(preview)
+            self.view.preview(preview)
             self.previews += 1
             now = time.perf_counter()
             self._next_preview = now + max(self.preview_interval,

@@ -59,7 +59,7 @@ def model_config(vocab_size: int, depth: int, width: int, block_size: int = 32) 
 def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshakespeare",
                   scheme: str = "Glorot normal", depth: int = 16, width: int = 64,
                   nonlinearity: str = "tanh", depths=(2, 4, 8, 16, 32),
-                  widths=(32, 64, 128, 256), nonlinearities=("tanh", "relu", "linear", "gelu"),
+                  widths=(32, 64, 128), nonlinearities=("tanh", "relu", "linear", "gelu"),
                   block_size: int = 32, probe_batch: int = 16) -> Explorer:
     """An :class:`lmlab.widgets.Explorer` with controls ``scheme`` (a label of
     :data:`WIDGET_SCHEMES`), ``depth``, ``width`` and ``nonlinearity``. Left panel: activation and
