@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmlab  # noqa: E402
 from lmlab.data import BatchSampler, char_corpus  # noqa: E402
-from lmlab.train import evaluate  # noqa: E402
+from lmlab.evaluation import evaluate  # noqa: E402
 
 TARGET = 1.89
 VAL_WINDOWS = (200, 12, 64)  # batches x windows x characters: the fixed validation set
