@@ -180,8 +180,8 @@ class FigureView:
         """Clear the figure, let ``draw(figure)`` fill it, push the new PNG to the Image."""
         self.figure.clear()
         draw(self.figure)
+        self.shown = self.figure  # before the Image changes: its observers may read it
         self.image.value = self.png()
-        self.shown = self.figure
         self.renders += 1
 
     def preview(self, draw: Callable[[Figure], None]) -> None:
@@ -193,8 +193,8 @@ class FigureView:
             FigureCanvasAgg(self._scratch)
         self._scratch.clear()
         draw(self._scratch)
-        self.image.value = self.png(self._scratch)
         self.shown = self._scratch
+        self.image.value = self.png(self._scratch)
 
 
 PREVIEW_INTERVAL_S = 1.0
