@@ -60,3 +60,4 @@ def test_book_moves_optimizer_schedule_and_the_neighbouring_lrs_alone(tmp_path, 
                      | {("lr", 3e-4), ("lr", 3e-3)})
     assert explorer.book_errors == {} and explorer.error is None
     assert explorer.controls["warmup"].disabled and explorer.controls["grad_clip"].disabled
+    assert explorer.previews == 0  # the runs the book trains draw no live previews
