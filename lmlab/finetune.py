@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from torch import nn
 
 from .data import BatchSampler, CharTokenizer, Corpus
 from .experiments import code_fingerprint
-from .heads import SequenceClassifier, _check_labels
+from .heads import SequenceClassifier, _check_labels, classifier_accuracy
 from .lora import add_lora, trainable_parameters
 from .model import Transformer
 from .modes import eval_mode
@@ -119,15 +120,15 @@ def fine_tune_classifier(body: Transformer, ids: torch.Tensor, key_padding: torc
     _check_labels(ids, labels, n_classes)
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps={steps} and batch_size={batch_size} must both be >= 1.")
+    if not 0 <= freeze_below <= body.config.n_layer:
+        raise ValueError(f"freeze_below={freeze_below} is invalid: expected 0 .. n_layer="
+                         f"{body.config.n_layer} blocks.")
     torch.manual_seed(seed)
     model = SequenceClassifier(copy.deepcopy(body), n_classes, pooling=pooling).to(device)
     set_trainable(model.parameters(), True)
     groups = layer_groups(model.body, model.head)
     lrs = discriminative_lrs(len(groups), lr, lr_factor)
     frozen = set(range(freeze_below + 1)) if freeze_below > 0 else set()
-    if freeze_below > model.body.config.n_layer:
-        raise ValueError(f"freeze_below={freeze_below} is more than the {model.body.config.n_layer}"
-                         " blocks of the model.")
     starts = unfreeze_steps(len(groups), steps) if gradual else [0] * len(groups)
     live = [g for g in range(len(groups)) if g not in frozen]
     opt = torch.optim.AdamW([{"params": groups[g], "lr": lrs[g]} for g in live],
@@ -432,8 +433,13 @@ def _cached(kind: str, key: dict, compute: Callable[[], dict]) -> tuple[dict, bo
     path = cache_dir() / "finetune" / kind / f"{name}.json"
     if path.exists():
         try:
-            return json.loads(path.read_text()), True
-        except (OSError, ValueError):
+            value = json.loads(path.read_text())
+            if not isinstance(value, dict):
+                raise ValueError("it does not hold a JSON object")
+            return value, True
+        except (OSError, ValueError) as err:
+            warnings.warn(f"the cached result {path} is damaged ({type(err).__name__}: {err}); "
+                          "removed, computing it again.", RuntimeWarning, stacklevel=3)
             path.unlink(missing_ok=True)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -457,10 +463,10 @@ def adaptation(base: Transformer, base_key: str, task: SpeakerTask, config: Adap
 
 def classification_accuracy(base: Transformer, base_key: str, train, test, method: str, *,
                             seed: int = 0, **options) -> float:
-    """Test accuracy of :func:`fine_tune_classifier` (``method`` names the options, for the
-    cache) on SpeakerData ``train`` / ``test``, cached. ``base_key=None`` with a fresh model
-    trains from scratch."""
-    from .heads import classifier_accuracy
+    """Test accuracy of :func:`fine_tune_classifier` from ``base`` on SpeakerData ``train`` /
+    ``test``, cached under ``base_key`` (naming the weights: a pretrained run's key, or e.g.
+    ``"scratch 0"`` for a freshly seeded model), ``method`` (a name for the options) and the
+    seed."""
 
     h = hashlib.sha256()
     for tensor in (train.ids, train.labels, test.ids, test.labels):
