@@ -325,15 +325,21 @@ class AdaptResult:
         return self.config.label
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def speaker_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  prompt: torch.Tensor | None = None, batch_size: int = 128) -> float:
     """Mean cross-entropy per scored character of pieces x, y (B, t) read after ``prompt``
     (k, C) input vectors (a hard prompt's embeddings, a soft prompt, or None), in eval mode."""
     total, count = 0.0, 0
+    device = model_device(model)
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
             n = int((yb != IGNORE).sum())
             total += float(prompt_loss(model, xb, yb, prompt)) * n
             count += n
@@ -343,8 +349,10 @@ def speaker_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 @torch.no_grad()
 def general_loss(model: nn.Module, batches) -> float:
     """Mean next-character cross-entropy over fixed (x, y) windows, in eval mode."""
+    device = model_device(model)
     with eval_mode(model):
-        return sum(float(F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten()))
+        return sum(float(F.cross_entropy(model(x.to(device)).flatten(0, 1).float(),
+                                         y.to(device).flatten()))
                    for x, y in batches) / len(batches)
 
 
@@ -352,7 +360,8 @@ def _untied_probe(model: Transformer) -> Transformer:
     """Freeze everything, then give the model a fresh output layer (a copy of the tied one, so
     the outputs are unchanged) that alone trains."""
     set_trainable(model.parameters(), False)
-    head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
+    head = nn.Linear(model.config.d_model, model.config.vocab_size, bias=False,
+                     device=model_device(model))
     head.weight = nn.Parameter(model.lm_head.weight.detach().clone())
     model.lm_head = head
     return model
@@ -375,7 +384,7 @@ def prepare(base: Transformer, task: SpeakerTask, config: AdaptConfig,
         prompt = SoftPrompt(model, init_ids_for(task.hard_prompt, config.prompt_length))
     elif config.method == "scratch":
         torch.manual_seed(config.seed)
-        model = Transformer(base.config)
+        model = Transformer(base.config).to(model_device(base))
     return model, prompt
 
 
@@ -384,7 +393,8 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
           ) -> tuple[AdaptResult, Transformer, SoftPrompt | None]:
     """Train what ``config.method`` trains with AdamW (constant lr) on random minibatches of the
     speaker's pieces; evaluate the held-out speaker loss (with the soft prompt, for ``prompt``)
-    and the general loss (never with a prompt) at step 0 and every ``eval_every`` steps."""
+    and the general loss (never with a prompt) at step 0 and every ``eval_every`` steps. Runs on
+    the device of ``base``."""
     model, prompt = prepare(base, task, config)
     params = [p for p in model.parameters() if p.requires_grad]
     params += list(prompt.parameters()) if prompt is not None else []
@@ -392,8 +402,9 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     n = len(task.train_x) if config.n_train is None else min(config.n_train, len(task.train_x))
     gen = torch.Generator().manual_seed(config.seed)
-    replay = (BatchSampler(task.replay, task.t, config.batch_size, "cpu",
-                           torch.Generator().manual_seed(config.seed + 1))
+    device = model_device(base)
+    replay = (BatchSampler(task.replay, task.t, config.batch_size, device,
+                           torch.Generator(device=device).manual_seed(config.seed + 1))
               if config.mix > 0 else None)
 
     def row(step: int) -> dict:
@@ -409,7 +420,8 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
     for step in range(1, config.steps + 1):
         idx = torch.randint(0, n, (config.batch_size,), generator=gen)  # (b,)
         vectors = prompt() if prompt is not None else None
-        loss = prompt_loss(model, task.train_x[idx], task.train_y[idx], vectors)
+        loss = prompt_loss(model, task.train_x[idx].to(device), task.train_y[idx].to(device),
+                           vectors)
         if replay is not None:
             xr, yr = replay.sample()  # (b, t), (b, t)
             general = F.cross_entropy(model(xr).flatten(0, 1).float(), yr.flatten())
@@ -451,7 +463,8 @@ def _cached(kind: str, key: dict, compute: Callable[[], dict]) -> tuple[dict, bo
 def adaptation(base: Transformer, base_key: str, task: SpeakerTask, config: AdaptConfig,
                callback: Callable[[dict], None] | None = None) -> AdaptResult:
     """:func:`adapt`, cached: ``base_key`` names the base weights (the pretrained run's key)."""
-    key = {"base": base_key, "task": task.fingerprint(), "config": dataclasses.asdict(config)}
+    key = {"base": base_key, "task": task.fingerprint(), "config": dataclasses.asdict(config),
+           "device": model_device(base).type}
 
     def compute() -> dict:
         result, _, _ = adapt(base, task, config, callback)
@@ -471,12 +484,13 @@ def classification_accuracy(base: Transformer, base_key: str, train, test, metho
     h = hashlib.sha256()
     for tensor in (train.ids, train.labels, test.ids, test.labels):
         h.update(tensor.contiguous().numpy().tobytes())
+    device = model_device(base)
     key = {"base": base_key, "data": h.hexdigest()[:20], "method": method, "seed": seed,
-           "options": options}
+           "options": options, "device": device.type}
 
     def compute() -> dict:
         model = fine_tune_classifier(base, train.ids, train.key_padding, train.labels,
-                                     len(train.names), seed=seed, **options)
+                                     len(train.names), seed=seed, device=device, **options)
         return {"accuracy": classifier_accuracy(model, test.ids, test.key_padding, test.labels)}
 
     return _cached("classify", key, compute)[0]["accuracy"]
