@@ -62,7 +62,6 @@ PEAK_FLOPS = [
     ("V100", 125e12), ("T4", 65e12),
 ]
 CAUSAL_OBJECTIVES = ("clm", "prefix")  # the others read both ways: a bidirectional model
-PAIR_OBJECTIVES = ("mlm_sop", "mlm_nsp")  # these also train a pair head
 
 
 def peak_flops(name: str) -> tuple[float | None, str]:
@@ -177,7 +176,7 @@ def smoke_matrix(report: Report, corpus, device: str, cap_s: float, rehearse: bo
                         if compile_on and rehearse:
                             raise Skip("rehearsal: compile is not run on the CPU")
                         model = tiny_model(corpus, objective in CAUSAL_OBJECTIVES, attention,
-                                           pair_head=objective in PAIR_OBJECTIVES)
+                                           pair_head=OBJECTIVES[objective].pair_head)
                         run = train(model, corpus, train_config(
                             device, steps=steps, eval_every=steps, dtype=dtype,
                             compile=compile_on, objective=objective))
@@ -256,7 +255,7 @@ def smoke_matrix(report: Report, corpus, device: str, cap_s: float, rehearse: bo
         x = torch.randint(0, corpus.tokenizer.n_chars, (8, 64), device=device)
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION), \
                 torch.autocast("cuda", dtype=autocast_dtype(torch.device(device))):
-            loss = OBJECTIVES["clm"](model, x, torch.roll(x, -1, 1), ctx)
+            loss = OBJECTIVES["clm"].loss(model, x, torch.roll(x, -1, 1), ctx)
             loss.backward()
             lmlab.generate(model, corpus.tokenizer, "ROMEO:", 16, seed=0)  # KV-cache decoding
         return f"flash-only forward + backward + cached decoding ran (loss {float(loss):.3f})"

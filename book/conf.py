@@ -9,11 +9,12 @@ the pages load is served from the book itself (no CDN): require.js, the ipywidge
 from __future__ import annotations
 
 import datetime
+from importlib.metadata import version
 
 project = "lmlab"
 author = "the lmlab authors"
 copyright = f"{datetime.date.today().year}, {author}"
-release = "0.1.0"
+release = version("lmlab")  # written once, in pyproject.toml
 
 html_title = "lmlab: how language models are pretrained"
 root_doc = "index"  # book/intro.md, staged as index.md by build.py

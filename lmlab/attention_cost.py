@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from .attention import causal_mask, fused_attention, scaled_dot_product_attention
 from .device import allocator_bytes, peak_allocator_bytes, reset_peak_memory, synchronize
@@ -70,8 +71,6 @@ def _quiet_stderr() -> Iterator[None]:
 
 def _cpu_allocations(fn: Callable[[], torch.Tensor]) -> tuple[int, int]:
     """(total bytes allocated, largest single allocation) during ``fn()``, from torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     sizes = [e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0]

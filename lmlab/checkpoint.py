@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .config import ModelConfig
+from .data import CharTokenizer
+from .model import Transformer
 from .paths import atomic_write
 
 RNG_KEY = "rng"
@@ -105,10 +108,6 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
 
 def load_model(path: str | os.PathLike, map_location="cpu"):
     """Rebuild the :class:`lmlab.Transformer` and the tokenizer stored in a checkpoint."""
-    from .config import ModelConfig
-    from .data import CharTokenizer
-    from .model import Transformer
-
     state = load_checkpoint(path, map_location)
     model = Transformer(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_model
 from .config import (
@@ -40,6 +41,7 @@ from .device import pick_device
 from .distributed import DDP_OBJECTIVES, from_environment, shutdown
 from .generate import generate
 from .model import Transformer
+from .paths import atomic_write
 from .train import TrainingDiverged, train
 
 try:
@@ -338,7 +340,8 @@ def run_train(args: argparse.Namespace) -> int:
             history_path.parent.mkdir(parents=True, exist_ok=True)
             folder = Path(config.checkpoint_dir)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / CORPUS_NAME).write_text(json.dumps(settings), encoding="utf-8")
+            with atomic_write(folder / CORPUS_NAME, "w") as f:
+                json.dump(settings, f)
             log = history_path.open("w", encoding="utf-8")
             for row in (stored or {}).get("history", []):  # a resumed run's rows so far
                 log.write(json.dumps(row) + "\n")
@@ -353,8 +356,6 @@ def run_train(args: argparse.Namespace) -> int:
             log.write(json.dumps(row) + "\n")
             log.flush()
             if "val_loss" in row:
-                from tqdm.auto import tqdm
-
                 tqdm.write(eval_line(row, config.steps))
 
         try:

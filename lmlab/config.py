@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .objectives import OBJECTIVES
+
 POSITIONAL_SCHEMES = ("learned", "sinusoidal", "rope", "none")
 ATTENTION_BACKENDS = ("naive", "sdpa")
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "muon")
@@ -199,8 +201,6 @@ class TrainConfig(_Replaceable):
         if self.grad_clip is not None:
             _check_real(c, "grad_clip", self.grad_clip, 0.0, math.inf, closed_high=False)
         _check_int(c, "grad_accum", self.grad_accum, 1)
-        from .objectives import OBJECTIVES  # registry; imported late to keep config import-light
-
         _check_choice(c, "objective", self.objective, tuple(OBJECTIVES))
         _check_real(c, "label_smoothing", self.label_smoothing, 0.0, 1.0, closed_high=False)
         _check_real(c, "mask_rate", self.mask_rate, 0.0, 1.0, closed_high=False)

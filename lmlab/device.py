@@ -3,6 +3,7 @@ few device-specific calls (synchronize, allocator memory, compile) that timing c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -78,6 +79,14 @@ def autocast_dtype(device: torch.device, preference: str = "auto") -> torch.dtyp
     if device.type == "cuda":
         return torch.bfloat16 if native_bf16(device) else torch.float16
     return None
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    """The context the forward passes run in: ``torch.autocast`` to ``amp_dtype`` on
+    ``device``, or nothing when ``amp_dtype`` is None (plain fp32). One per forward pass."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -176,6 +185,13 @@ def compile_model(model: nn.Module, enabled: bool = True, signature: Hashable = 
         warnings.warn(f"torch.compile is not available here ({error}); training runs uncompiled.",
                       CompileFallbackWarning, stacklevel=2)
         return model
+
+
+SEED_OFFSETS = {"objective": 1, "val_batches": 2, "train_batches": 3, "eval_objective": 4}
+"""What a run draws from ``seed + offset`` besides its batches (``seed`` itself): the objective's
+randomness during training (MLM masks, pairs), the fixed validation and training batches it scores,
+and the objective's randomness while scoring them (reseeded at every evaluation, so one model
+always gets one score). Named once here; the training loop and the range test use them."""
 
 
 def seed_everything(seed: int) -> None:

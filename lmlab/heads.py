@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .model import Transformer
+from .model import Builder, Transformer
 from .modes import eval_mode
 
 POOLINGS = ("cls", "mean")
@@ -35,9 +35,8 @@ class TransformerWithPairHead(Transformer):
         nn.init.zeros_(self.pair_head.bias)
 
 
-def transformer_with_pair_head(config: ModelConfig) -> TransformerWithPairHead:
-    """Builder for :func:`lmlab.experiments.run_experiment` (use ``variant='pair_head'``)."""
-    return TransformerWithPairHead(config)
+transformer_with_pair_head = Builder("pair_head", TransformerWithPairHead)
+"""``config -> TransformerWithPairHead(config)``, named ``pair_head`` in the experiment cache."""
 
 
 def bidirectional_mask(key_padding: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from .model import Transformer
+from .model import Builder, Transformer
 
 SCHEMES = ("zeros", "constant", "normal", "gpt2", "glorot_uniform", "glorot_normal", "he_normal",
            "he_uniform", "glorot_uniform_fan_in", "he_constant")
@@ -202,19 +203,19 @@ def apply_init(model: nn.Module, scheme: str = "gpt2", *, std: float = GPT2_STD,
     return model
 
 
-def initialized(scheme: str, **kwargs):
-    """A builder for :func:`lmlab.experiments.run_experiment`: ``config -> Transformer`` with
-    ``apply_init(model, scheme, **kwargs)``. Pass ``variant=scheme_variant(scheme, **kwargs)``."""
+def initialized(scheme: str, **kwargs) -> Builder:
+    """A :class:`lmlab.model.Builder` for :func:`lmlab.experiments.run_experiment`:
+    ``config -> Transformer`` with ``apply_init(model, scheme, **kwargs)``, named
+    ``init:<scheme>,<kwargs>`` in the cache."""
     _check_scheme(scheme)
 
     def build(config):
         return apply_init(Transformer(config), scheme, **kwargs)
 
-    return build
+    return Builder(_scheme_name(scheme, **kwargs), build)
 
 
-def scheme_variant(scheme: str, **kwargs) -> str:
-    """The cache-key name of ``initialized(scheme, **kwargs)``."""
+def _scheme_name(scheme: str, **kwargs) -> str:
     return "init:" + scheme + "".join(f",{k}={v}" for k, v in sorted(kwargs.items()))
 
 
@@ -233,8 +234,6 @@ def mean_field_std(nonlinearity: str, weight_var_fan_in: float, depth: int,
     m_l = (weight_var_fan_in / 2)^l m_0 exactly; for tanh at weight_var_fan_in = 1 the variance
     decays slowly, q_l ~ 1 / (2 l), because tanh(z) ~ z - z^3 / 3 takes a little off each layer.
     """
-    import numpy as np
-
     if depth < 1 or weight_var_fan_in <= 0 or input_second_moment <= 0:
         raise ValueError(f"need depth >= 1 and positive variances; got depth={depth}, "
                          f"weight_var_fan_in={weight_var_fan_in}, "
@@ -304,11 +303,11 @@ class MLPCharModel(nn.Module):
         return self.head(self.stack(self.tok_emb(idx)))  # (B, T, C) -> (B, T, V)
 
 
-def mlp_builder(scheme: str, nonlinearity: str = "tanh", **kwargs):
-    """``config -> MLPCharModel`` with the stack of ``nonlinearity``, initialized by
-    ``apply_init(model, scheme, **kwargs)``, then the embedding table redrawn at N(0, 1) so that
-    the stack's input has unit variance whatever the scheme. Name it in the cache with
-    ``variant=mlp_variant(scheme, nonlinearity, **kwargs)``."""
+def mlp_builder(scheme: str, nonlinearity: str = "tanh", **kwargs) -> Builder:
+    """The :class:`lmlab.model.Builder` ``config -> MLPCharModel`` with the stack of
+    ``nonlinearity``, initialized by ``apply_init(model, scheme, **kwargs)``, then the embedding
+    table redrawn at N(0, 1) so that the stack's input has unit variance whatever the scheme;
+    named ``mlp-<nonlinearity>-init:<scheme>,<kwargs>`` in the cache."""
     _check_scheme(scheme)
     activation(nonlinearity)  # fail now on a bad name, not inside a training run
 
@@ -319,9 +318,4 @@ def mlp_builder(scheme: str, nonlinearity: str = "tanh", **kwargs):
             model.tok_emb.weight.normal_(0.0, 1.0)
         return model
 
-    return build
-
-
-def mlp_variant(scheme: str, nonlinearity: str = "tanh", **kwargs) -> str:
-    """The cache-key name of ``mlp_builder(scheme, nonlinearity, **kwargs)``."""
-    return "mlp-" + nonlinearity + "-" + scheme_variant(scheme, **kwargs)
+    return Builder("mlp-" + nonlinearity + "-" + _scheme_name(scheme, **kwargs), build)

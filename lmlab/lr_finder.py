@@ -10,25 +10,25 @@ Gugger 2020, and Gugger's 2017 blog post "How do you find a good learning rate")
 
 The run stops once smooth_i > stop_factor * min_{j<=i} smooth_j (or the loss is not finite). While
 the learning rate is too small the loss barely moves; then it falls fastest; past the stable range
-it shoots up. :func:`suggest_lr` turns the curve into a value. Results are cached on disk like
-:func:`lmlab.experiments.run_experiment`'s.
+it shoots up. :func:`suggest_lr` turns the curve into a value. Results are kept in the experiment
+cache (:func:`lmlab.experiments.cached_record`), keyed like
+:func:`lmlab.experiments.run_experiment`'s runs.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus, char_corpus
-from .device import pick_device
+from .device import SEED_OFFSETS, pick_device
+from .experiments import cached_record, run_key
 from .model import Transformer
 from .objectives import OBJECTIVES, ObjectiveContext
-from .optim import build_optimizer
-from .paths import cache_dir
+from .optim import build_optimizer, set_lr
 
 SUGGESTION_RULES = ("steepest", "min_over_10")
 
@@ -95,20 +95,26 @@ def lr_range_test(model_config: ModelConfig, train_config: TrainConfig,
                   stop_factor: float = 4.0, rule: str = "steepest",
                   cache: bool = True) -> RangeTest:
     """Run the range test with ``train_config``'s optimizer, batch size, clipping and seed (its lr,
-    schedule and steps are replaced by the geometric ramp). Cached under ``$LMLAB_CACHE_DIR``."""
-    from .experiments import run_key  # experiments imports train; keep this module light
-
+    schedule and steps are replaced by the geometric ramp). Kept in the experiment cache."""
     corpus = char_corpus(corpus) if isinstance(corpus, str) else corpus
     lrs = range_lrs(lr_min, lr_max, steps)
     if stop_factor <= 1:
         raise ValueError(f"stop_factor={stop_factor} is invalid: expected a number > 1 (e.g. 4).")
+    if rule not in SUGGESTION_RULES:
+        raise ValueError(f"rule={rule!r} is invalid: expected one of {SUGGESTION_RULES}.")
     variant = f"lr_range:{lr_min}:{lr_max}:{steps}:{beta}:{stop_factor}"
-    path = cache_dir() / "lr_range" / f"{run_key(model_config, train_config, corpus, variant)}.json"
-    if cache and path.exists():
-        data = json.loads(path.read_text())
-        return RangeTest(data["lrs"], data["losses"], data["smoothed"],
-                         suggest_lr(data["lrs"], data["smoothed"], rule), rule, cached=True)
+    key = run_key(model_config, train_config, corpus, variant)
+    data, cached = cached_record(
+        key, lambda: _ramp(model_config, train_config, corpus, lrs, beta, stop_factor), cache)
+    return RangeTest(data["lrs"], data["losses"], data["smoothed"],
+                     suggest_lr(data["lrs"], data["smoothed"], rule), rule, cached=cached)
 
+
+def _ramp(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus, lrs: list[float],
+          beta: float, stop_factor: float) -> dict:
+    """Train along the ramp ``lrs`` until the smoothed loss passes ``stop_factor`` times its
+    minimum; returns the lrs run, the raw and the smoothed losses."""
+    lr_min = lrs[0]
     device = pick_device(train_config.device)
     torch.manual_seed(train_config.seed)
     model = Transformer(model_config).to(device).train()
@@ -116,14 +122,14 @@ def lr_range_test(model_config: ModelConfig, train_config: TrainConfig,
     sampler = BatchSampler(corpus.train, model_config.block_size, train_config.batch_size, device,
                            torch.Generator(device=device).manual_seed(train_config.seed))
     ctx = ObjectiveContext(corpus.tokenizer,
-                           torch.Generator(device=device).manual_seed(train_config.seed + 1))
-    objective = OBJECTIVES[train_config.objective]
+                           torch.Generator(device=device).manual_seed(
+                               train_config.seed + SEED_OFFSETS["objective"]))
+    objective = OBJECTIVES[train_config.objective].loss
     clip = train_config.grad_clip or math.inf
     losses: list[float] = []
     smoothed: list[float] = []
     for lr in lrs:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         x, y = sampler.sample()  # (B, T), (B, T)
         loss = objective(model, x, y, ctx)
         value = float(loss.detach())
@@ -140,9 +146,4 @@ def lr_range_test(model_config: ModelConfig, train_config: TrainConfig,
     lrs = lrs[: len(losses)]
     if len(losses) < 3:
         raise ValueError(f"the loss diverged within {len(losses)} steps: lower lr_min={lr_min}.")
-    result = RangeTest(lrs, losses, smoothed, suggest_lr(lrs, smoothed, rule), rule)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {k: v for k, v in asdict(result).items() if k in ("lrs", "losses", "smoothed")}
-        path.write_text(json.dumps(data))
-    return result
+    return {"lrs": lrs, "losses": losses, "smoothed": smoothed}

@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .model import Transformer
 
 FP32 = 4  # bytes per float32
 INT64 = 8
@@ -169,8 +170,6 @@ def measure_training_step(config: ModelConfig, x: torch.Tensor, y: torch.Tensor,
                           checkpointing: bool = False) -> StepMemory:
     """Build ``Transformer(config)``, run one forward, backward and AdamW step on ids x, y (B, T)
     under a :class:`MemoryTracker`, and report what each stage left allocated."""
-    from .model import Transformer  # here, not at the top: model imports nothing from here
-
     with MemoryTracker() as mem:
         model = Transformer(config)
         if checkpointing:

@@ -13,12 +13,34 @@ residual branches keeps a variance independent of depth (Radford et al., 2019).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .attention import MultiHeadAttention, RotaryEmbedding, sinusoidal_positions
 from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Builder:
+    """A model builder that carries its own name: ``builder(config) -> nn.Module``.
+
+    :func:`lmlab.experiments.run_experiment` puts ``name`` in the cache key, so runs of two
+    builders are never confused, and a cached :class:`lmlab.experiments.Result` rebuilds its model
+    with the builder that trained it. Two builders with one name must build the same model."""
+
+    name: str
+    build: Callable[[ModelConfig], nn.Module]
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Builder name={self.name!r} is invalid: expected a non-empty string "
+                             "naming what the builder makes, e.g. 'pair_head'.")
+
+    def __call__(self, config: ModelConfig) -> nn.Module:
+        return self.build(config)
 
 
 class MLP(nn.Module):

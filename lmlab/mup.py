@@ -24,9 +24,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, TrainConfig
 from .diagnostics import ActivationRecorder
-from .model import Transformer
+from .model import Builder, Transformer
+from .objectives import clm_loss
+from .optim import build_optimizer, set_lr
 
 
 class MuReadout(nn.Linear):
@@ -124,18 +126,15 @@ class MuTransformer(Transformer):
         ]
 
 
-def mup_builder(base_d_model: int, **kwargs) -> Callable[[ModelConfig], MuTransformer]:
-    """``config -> MuTransformer(config, base_d_model, **kwargs)`` for ``run_experiment``; name it
-    with ``variant=mup_variant(base_d_model, **kwargs)``."""
+def mup_builder(base_d_model: int, **kwargs) -> Builder:
+    """The :class:`lmlab.model.Builder` ``config -> MuTransformer(config, base_d_model, **kwargs)``
+    for ``run_experiment``, named ``mup:base=<base_d_model>,<kwargs>`` in the cache."""
 
     def build(config: ModelConfig) -> MuTransformer:
         return MuTransformer(config, base_d_model, **kwargs)
 
-    return build
-
-
-def mup_variant(base_d_model: int, **kwargs) -> str:
-    return f"mup:base={base_d_model}" + "".join(f",{k}={v}" for k, v in sorted(kwargs.items()))
+    name = f"mup:base={base_d_model}" + "".join(f",{k}={v}" for k, v in sorted(kwargs.items()))
+    return Builder(name, build)
 
 
 def best_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
@@ -179,10 +178,6 @@ def coordinate_check(make_model: Callable[[int], nn.Module], widths: Sequence[in
     Returns rows ``{"width", "step", "layer", "l1"}``. In a parametrization that is right for
     width, the curves l1 against width are flat at every step.
     """
-    from .config import TrainConfig
-    from .objectives import clm_loss
-    from .optim import build_optimizer
-
     rows = []
     for width in widths:
         torch.manual_seed(seed)
@@ -194,8 +189,7 @@ def coordinate_check(make_model: Callable[[int], nn.Module], widths: Sequence[in
         config = TrainConfig(lr=lr, weight_decay=0.0, warmup_steps=0, schedule="constant",
                              grad_clip=None, progress=False)
         optimizer = build_optimizer(model, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        set_lr(optimizer, lr)
         for step in range(steps + 1):
             with ActivationRecorder(layers) as rec:
                 logits = model(x)  # (B, T, V)

@@ -1,9 +1,12 @@
 """Pretraining objectives: what the model is asked to predict, and the loss that scores it.
 
-Each entry of ``OBJECTIVES`` maps a name to a function ``(model, x, y, ctx) -> scalar loss`` that
-the training loop calls on a batch of windows ``x`` (B, T) with next-token targets ``y`` (B, T);
-``ctx`` is an :class:`ObjectiveContext` carrying the tokenizer, a generator for any randomness
-(so masking is reproducible and resumable) and options such as label smoothing.
+``OBJECTIVES`` is the one registry: it maps a name to an :class:`Objective` record holding every
+fact about it: its loss ``(model, x, y, ctx) -> scalar``, which the training loop calls on a batch
+of windows ``x`` (B, T) with next-token targets ``y`` (B, T); the attention it needs from the model;
+whether it trains a pair head; whether it reads the masking rate; and what it predicts, in words.
+The training loop, the configs' validation, the chapter and its explorer all read it. ``ctx`` is an
+:class:`ObjectiveContext` carrying the tokenizer, a generator for any randomness (so masking is
+reproducible and resumable) and options such as label smoothing.
 """
 
 from __future__ import annotations
@@ -102,11 +105,6 @@ def mlm_objective(model, x, y, ctx: ObjectiveContext) -> torch.Tensor:
         labels[0, 0] = x[0, 0]
     return masked_lm_loss(model(inputs), labels)
 
-
-OBJECTIVES: dict[str, Callable] = {
-    "clm": clm_objective,
-    "mlm": mlm_objective,
-}
 
 # ------------------------------------------------------------------ units
 
@@ -393,34 +391,48 @@ def mlm_step(model, optimizer, x: torch.Tensor, ctx: ObjectiveContext, *,
     return float(loss.detach())
 
 
-OBJECTIVES.update({
-    "prefix": prefix_lm_objective,
-    "span": span_objective,
-    "mlm_sop": mlm_sop_objective,
-    "mlm_nsp": mlm_nsp_objective,
-})
+@dataclass(frozen=True)
+class Objective:
+    """Everything the package knows about one pretraining objective."""
 
-PREDICTS = {
-    "clm": "every next character, from the characters before it",
-    "mlm": "the selected (masked) characters, from both sides",
-    "prefix": "the characters after a random prefix; the prefix is read both ways",
-    "span": "the removed spans, after reading the corrupted text both ways",
-    "mlm_sop": "the masked characters, plus whether two segments are in order",
-    "mlm_nsp": "the masked characters, plus whether segment B follows A",
-}
-"""What each objective's loss scores, in words (its unit is nats per predicted character)."""
+    name: str
+    loss: Callable  # (model, x (B, T), y (B, T), ctx: ObjectiveContext) -> scalar loss
+    causal: bool | None
+    """The ``ModelConfig.causal`` it needs: ``True`` (CLM: with a bidirectional model each
+    position would see the token it predicts, a leak, not learning), ``False`` (the MLM family: a
+    causal model cannot read the right-hand context of a mask), ``None`` (prefix LM and span
+    corruption pass their own prefix mask and fit either)."""
+    pair_head: bool  # trains a pair head (lmlab.heads) next to the LM head; reads pair_weight
+    uses_mask_rate: bool  # reads TrainConfig.mask_rate
+    predicts: str  # what its loss scores, in words (unit: nats per predicted character)
 
-NEEDS_CAUSAL_MODEL = {"clm": True, "mlm": False, "mlm_sop": False, "mlm_nsp": False,
-                      "prefix": None, "span": None}
-"""Which attention each objective needs from ``ModelConfig.causal``: ``True`` (CLM: with a
-bidirectional model each position would see the token it predicts, a leak, not learning),
-``False`` (the MLM family: a causal model cannot read the right-hand context of a mask), ``None``
-(prefix LM and span corruption pass their own prefix mask and fit either)."""
+    @property
+    def model_causal(self) -> bool:
+        """The attention of the model the chapter trains it with: the one it needs, causal where
+        either fits."""
+        return True if self.causal is None else self.causal
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("clm", clm_objective, causal=True, pair_head=False, uses_mask_rate=False,
+              predicts="every next character, from the characters before it"),
+    Objective("prefix", prefix_lm_objective, causal=None, pair_head=False, uses_mask_rate=False,
+              predicts="the characters after a random prefix; the prefix is read both ways"),
+    Objective("span", span_objective, causal=None, pair_head=False, uses_mask_rate=True,
+              predicts="the removed spans, after reading the corrupted text both ways"),
+    Objective("mlm", mlm_objective, causal=False, pair_head=False, uses_mask_rate=True,
+              predicts="the selected (masked) characters, from both sides"),
+    Objective("mlm_sop", mlm_sop_objective, causal=False, pair_head=True, uses_mask_rate=True,
+              predicts="the masked characters, plus whether two segments are in order"),
+    Objective("mlm_nsp", mlm_nsp_objective, causal=False, pair_head=True, uses_mask_rate=True,
+              predicts="the masked characters, plus whether segment B follows A"),
+)}
+"""The objectives by name, in the chapter's order (causal first)."""
 
 
 def check_objective_fits(objective: str, causal: bool) -> None:
     """ValueError naming both when ``objective`` cannot train a model with ``causal``."""
-    needs = NEEDS_CAUSAL_MODEL.get(objective)
+    needs = OBJECTIVES[objective].causal if objective in OBJECTIVES else None
     if needs is None or needs == causal:
         return
     model = "causal (GPT-style)" if causal else "bidirectional (BERT-style)"

@@ -106,6 +106,13 @@ def muon_groups(model: nn.Module, groups: list[dict]) -> list[dict]:
     return out
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to ``lr * group["lr_scale"]`` (scale 1 when a
+    group has none; muP's hidden matrices have 1 / width_mult). The one place an lr is written."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (1-based, 1 .. config.steps).
 

@@ -10,11 +10,15 @@ Everything here is small and checked against PyTorch's own implementation where 
 * dropout: inverted dropout, y = x * m / (1 - p) with m ~ Bernoulli(1 - p) (``F.dropout``), its
   moments, and where a :class:`lmlab.Transformer` applies it;
 * early stopping: where a patience rule stops on a validation curve, restoring the best checkpoint.
+
+Running the chapter's experiments lives with the other runs
+(:func:`lmlab.experiments.regularized_run`, ``run_experiment(..., keep_best=True)``) and scoring a
+model with the evaluation (:func:`lmlab.evaluation.validation_loss`): this module holds the
+formulas.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import MultiHeadAttention
 from .checkpoint import load_checkpoint
-from .config import ModelConfig, TrainConfig
-from .data import Corpus
-from .device import autocast_dtype, pick_device
-from .model import Transformer
+from .model import MLP, Block, Transformer
 from .modes import eval_mode
-from .objectives import IGNORE_INDEX, ObjectiveContext
+from .objectives import IGNORE_INDEX
+from .optim import param_groups
+from .optimizers import adam_update
 
 # ------------------------------------------------------------------------------ label smoothing
 SPREADS = ("all", "others")
@@ -169,31 +173,16 @@ def sgd_decoupled_step(theta: torch.Tensor, grad: torch.Tensor, lr: float,
     return (1.0 - lr * weight_decay) * theta - lr * grad
 
 
-@dataclass
-class AdamState:
-    """Adam's running moments for one tensor: m (first), v (second, uncentred), t (steps taken)."""
-
-    m: torch.Tensor
-    v: torch.Tensor
-    t: int = 0
-
-    @classmethod
-    def zeros_like(cls, theta: torch.Tensor) -> AdamState:
-        return cls(torch.zeros_like(theta), torch.zeros_like(theta), 0)
+def _adam_step(theta: torch.Tensor, grad: torch.Tensor, state: dict, lr: float,
+               weight_decay: float, betas: tuple[float, float], eps: float,
+               decoupled: bool) -> torch.Tensor:
+    theta = theta.clone()
+    adam_update(theta, grad, state, {"lr": lr, "betas": betas, "eps": eps,
+                                     "weight_decay": weight_decay, "decoupled": decoupled})
+    return theta
 
 
-def _adam_direction(grad: torch.Tensor, state: AdamState, betas: tuple[float, float],
-                    eps: float) -> torch.Tensor:
-    b1, b2 = betas
-    state.t += 1
-    state.m = b1 * state.m + (1 - b1) * grad
-    state.v = b2 * state.v + (1 - b2) * grad * grad
-    m_hat = state.m / (1 - b1 ** state.t)
-    v_hat = state.v / (1 - b2 ** state.t)
-    return m_hat / (v_hat.sqrt() + eps)
-
-
-def adam_l2_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: float,
+def adam_l2_step(theta: torch.Tensor, grad: torch.Tensor, state: dict, lr: float,
                  l2: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> torch.Tensor:
     """One Adam step on loss + (lambda/2)||theta||^2 (``torch.optim.Adam(weight_decay=lambda)``):
@@ -202,11 +191,13 @@ def adam_l2_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: 
         theta - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t)
 
     The decay term lambda * theta is divided by sqrt(v_hat) like the gradient: weights with large
-    gradients are decayed less. ``state`` is updated in place; returns the new theta."""
-    return theta - lr * _adam_direction(grad + l2 * theta, state, betas, eps)
+    gradients are decayed less. ``state`` (a dict, ``{}`` before the first step: t, m, v) is
+    updated in place by :func:`lmlab.optimizers.adam_update`, the update of the chapter 4
+    optimizer; returns the new theta."""
+    return _adam_step(theta, grad, state, lr, l2, betas, eps, decoupled=False)
 
 
-def adamw_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: float,
+def adamw_step(theta: torch.Tensor, grad: torch.Tensor, state: dict, lr: float,
                weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
                eps: float = 1e-8) -> torch.Tensor:
     """One AdamW step (Loshchilov & Hutter 2019, as ``torch.optim.AdamW``): decay decoupled from
@@ -215,15 +206,14 @@ def adamw_step(theta: torch.Tensor, grad: torch.Tensor, state: AdamState, lr: fl
         theta <- (1 - lr * lambda) * theta - lr * m_hat / (sqrt(v_hat) + eps)
 
     with m, v the moments of g alone. Every weight shrinks by the same factor 1 - lr * lambda.
-    ``state`` is updated in place; returns the new theta."""
-    return (1.0 - lr * weight_decay) * theta - lr * _adam_direction(grad, state, betas, eps)
+    ``state`` (a dict, ``{}`` before the first step) is updated in place by
+    :func:`lmlab.optimizers.adam_update`; returns the new theta."""
+    return _adam_step(theta, grad, state, lr, weight_decay, betas, eps, decoupled=True)
 
 
 def decay_table(model: nn.Module, weight_decay: float = 0.1) -> list[dict]:
     """Which parameters :func:`lmlab.optim.param_groups` decays: one row per parameter tensor
     (tied tensors once) with its name, shape, number of elements and group."""
-    from .optim import param_groups
-
     group_of = {id(p): g["name"] for g in param_groups(model, weight_decay) for p in g["params"]}
     return [{"name": name, "shape": tuple(p.shape), "numel": p.numel(), "group": group_of[id(p)]}
             for name, p in model.named_parameters() if id(p) in group_of]
@@ -260,8 +250,6 @@ class MatrixDecayTransformer(Transformer):
 
 def decayed_weight_norm(model: nn.Module) -> float:
     """sqrt(sum ||W||^2) over the tensors weight decay acts on (the ``decay`` group)."""
-    from .optim import param_groups
-
     decay = next(g for g in param_groups(model, 0.0) if g["name"] == "decay")["params"]
     return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in decay)))
 
@@ -290,9 +278,6 @@ def dropout_moments(p: float) -> tuple[float, float]:
 def dropout_sites(model: nn.Module) -> list[dict]:
     """Where a :class:`lmlab.Transformer` drops units: one row per site with the module name,
     what is dropped and the rate p."""
-    from .attention import MultiHeadAttention
-    from .model import MLP, Block
-
     parents = dict(model.named_modules())
     rows = []
     for name, module in model.named_modules():
@@ -344,73 +329,9 @@ def restore_best(model: nn.Module, best_path: str | Path) -> dict:
     return dict(state["best"])
 
 
-def validation_loss(model: nn.Module, corpus: Corpus, config: TrainConfig,
-                    split: str = "val") -> float:
-    """The loss :func:`lmlab.train` reports as ``val_loss`` (``split="val"``) or
-    ``eval_train_loss`` (``"train"``) for this model: same fixed batches, device and autocast."""
-    from .train import eval_batches, evaluate
-
-    device = pick_device(config.device)
-    model.to(device)
-    block_size = model.config.block_size
-    batches = eval_batches(corpus, block_size, config, split, device)
-    amp = autocast_dtype(device, config.dtype)
-
-    def autocast():
-        if amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp)
-
-    ctx = ObjectiveContext(corpus.tokenizer, torch.Generator(device=device), 0.0,
-                           config.mask_rate, config.pair_weight,
-                           pair_text=corpus.val if split == "val" else corpus.train)  # as train()
-    return evaluate(model, batches, config.objective, ctx, autocast, config.seed + 4)
-
-
 def generalization_gap(run) -> tuple[list[int], list[float]]:
     """(steps, val_loss - eval_train_loss) at every evaluation of a Run or Result: the loss on
     held-out text minus the loss on fixed training batches, both in eval mode."""
     rows = [r for r in run.history
             if r.get("val_loss") is not None and r.get("eval_train_loss") is not None]
     return [r["step"] for r in rows], [r["val_loss"] - r["eval_train_loss"] for r in rows]
-
-
-def regularized_run(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus, *,
-                    dropout: float, weight_decay: float, label_smoothing: float,
-                    data_fraction: float, keep_model: bool = False, callback=None,
-                    decay_rule: str = "linear_weights"):
-    """One :func:`lmlab.experiments.run_experiment` of the base configs with the four knobs set:
-    ``ModelConfig.dropout``, ``TrainConfig.weight_decay`` and ``label_smoothing``, and the first
-    ``data_fraction`` of the training text (cached on disk: the chapter and its explorer share
-    it). ``decay_rule`` (one of :data:`DECAY_RULES`) picks the tensors the decay acts on."""
-    from .experiments import run_experiment
-
-    if decay_rule not in DECAY_RULES:
-        raise ValueError(f"decay_rule={decay_rule!r} is invalid: expected one of {DECAY_RULES}.")
-    mc = model_config.replace(dropout=dropout)
-    tc = train_config.replace(weight_decay=weight_decay, label_smoothing=label_smoothing)
-    label = (f"dropout={dropout:g}, wd={weight_decay:g}, smoothing={label_smoothing:g}, "
-             f"data={data_fraction:g}")
-    extra = {}
-    if decay_rule == "matrices":
-        label += ", decay: every matrix"
-        extra = {"builder": MatrixDecayTransformer, "variant": "decay_all_matrices"}
-    return run_experiment(mc, tc, corpus.subset(data_fraction), label=label,
-                          keep_model=keep_model, callback=callback, **extra)
-
-
-def run_with_best_checkpoint(model_config: ModelConfig, train_config: TrainConfig,
-                             corpus: Corpus, *, label: str | None = None):
-    """:func:`lmlab.experiments.run_experiment` with ``keep_best=True``: returns the Result and the
-    path of its ``best.pt``, kept in the run's cache folder (so a cached run still has it)."""
-    from .experiments import run_experiment, run_key
-    from .paths import cache_dir
-
-    folder = cache_dir() / "runs" / run_key(model_config, train_config.replace(keep_best=True,
-                                            checkpoint_dir="-"), corpus) / "checkpoints"
-    config = train_config.replace(keep_best=True, checkpoint_dir=str(folder))
-    result = run_experiment(model_config, config, corpus, label=label)
-    best = folder / "best.pt"
-    if not best.exists():  # the result was cached but its checkpoints were deleted: train again
-        result = run_experiment(model_config, config, corpus, label=label, cache=False)
-    return result, best

@@ -1,11 +1,14 @@
 """The one training loop.
 
     for step in 1 .. steps:
-        lr <- schedule(step)
-        g <- (1/A) sum_{a=1..A} grad L(batch_a)        (A = grad_accum micro-batches)
-        g <- g * min(1, clip / ||g||)                   (global-norm clipping)
-        theta <- optimizer(theta, g, lr)                (only if L and ||g|| are finite)
-        every eval_every steps: validation loss on fixed batches
+        lr <- schedule(step)                            lr_at, set_lr
+        g <- (1/A) sum_{a=1..A} grad L(batch_a)        gradients (A = grad_accum micro-batches)
+        g <- g * min(1, clip / ||g||)                   gradients (global-norm clipping)
+        theta <- optimizer(theta, g, lr)                check_finite, update (only if L and ||g||
+                                                        are finite)
+        every eval_every steps: validation loss on fixed batches           evaluate, record
+
+(the names on the right are the methods of ``_Loop`` that :func:`train` runs, in that order).
 
 Batches are drawn on the device, matmuls autocast to bf16 on CUDA, and everything a learner did
 survives (README, "What survives what"; each promise is a test):
@@ -25,7 +28,6 @@ survives (README, "What survives what"; each promise is a test):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import signal
@@ -39,22 +41,25 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from . import __version__
 from .checkpoint import RNG_KEY, checkpoint_name, load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import BatchSampler, Corpus
-from .device import autocast_dtype, compile_model, pick_device
+from .device import SEED_OFFSETS, autocast_context, autocast_dtype, compile_model, pick_device
 from .distributed import DistContext, sync_gradients
-from .modes import eval_mode
+from .evaluation import eval_batches, eval_context, evaluate
+from .history import RunHistory
 from .objectives import OBJECTIVES, ObjectiveContext, check_objective_fits
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_at, set_lr
 from .paths import cache_dir
+from .version import __version__
 
 
 @dataclass
-class Run:
-    """What a training run produced: the model, its history rows and where checkpoints went."""
+class Run(RunHistory):
+    """What a training run produced: the model, its history rows and where checkpoints went
+    (``evals``, ``column``, ``final_val_loss``, ``best_val_loss`` from :class:`RunHistory`)."""
 
     model: nn.Module
     config: TrainConfig
@@ -63,26 +68,6 @@ class Run:
     best_path: Path | None = None
     interrupted: bool = False
     stopped_early: bool = False
-
-    @property
-    def evals(self) -> list[dict]:
-        """The rows that carry a validation loss."""
-        return [r for r in self.history if r.get("val_loss") is not None]
-
-    @property
-    def final_val_loss(self) -> float | None:
-        evals = self.evals
-        return evals[-1]["val_loss"] if evals else None
-
-    @property
-    def best_val_loss(self) -> float | None:
-        evals = self.evals
-        return min(r["val_loss"] for r in evals) if evals else None
-
-    def column(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) for rows that have ``key``: ready to plot."""
-        rows = [r for r in self.history if r.get(key) is not None]
-        return [r["step"] for r in rows], [r[key] for r in rows]
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,46 +151,6 @@ def _set_rng_state(state: dict, *generators: torch.Generator, device: torch.devi
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _fixed_batches(data: torch.Tensor, block_size: int, batch_size: int, n: int, seed: int,
-                   device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    sampler = BatchSampler(data, block_size, batch_size, "cpu", g)
-    return [tuple(t.to(device) for t in sampler.sample()) for _ in range(n)]
-
-
-EVAL_SEED_OFFSETS = {"val": 2, "train": 3}
-
-
-def eval_batches(corpus: Corpus, block_size: int, config: TrainConfig, split: str = "val",
-                 device: torch.device | str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed batches :func:`train` scores: ``split="val"`` gives those of ``val_loss``,
-    ``"train"`` those of ``eval_train_loss`` (``config.eval_batches`` batches of
-    ``config.batch_size`` windows, drawn with seed ``config.seed + EVAL_SEED_OFFSETS[split]``)."""
-    if split not in EVAL_SEED_OFFSETS:
-        raise ValueError(f"split={split!r} is invalid: expected 'val' or 'train'.")
-    data = corpus.val if split == "val" else corpus.train
-    return _fixed_batches(data, block_size, config.batch_size, config.eval_batches,
-                          config.seed + EVAL_SEED_OFFSETS[split], torch.device(device))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches, objective: str = "clm", ctx: ObjectiveContext | None = None,
-             autocast=contextlib.nullcontext, seed: int = 0) -> float:
-    """Mean loss of ``objective`` over ``batches`` in eval mode (no dropout); restores the mode.
-    Randomness the objective needs (MLM masks) comes from a generator reseeded with ``seed``,
-    so the same model always gets the same score."""
-    fn = OBJECTIVES[objective]
-    ctx = ctx if ctx is not None else ObjectiveContext(tokenizer=None)
-    if ctx.generator is not None:
-        ctx.generator.manual_seed(seed)
-    total = 0.0
-    with eval_mode(model):
-        for x, y in batches:
-            with autocast():
-                total += float(fn(model, x, y, ctx))
-    return total / len(batches)
-
-
 CHECKPOINT_FORMAT = "lmlab-checkpoint-2"
 
 
@@ -217,7 +162,7 @@ def _payload(model, optimizer, scaler, step, history, rng, model_config, config,
         "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         RNG_KEY: rng,
         "history": [dict(r) for r in history],
         "best": dict(best),
@@ -317,207 +262,267 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
     (:func:`lmlab.distributed.from_environment`); ``None`` trains in one process.
     """
     with _StopRequest() as stop:  # first thing: a Ctrl-C during the setup stops cleanly too
-        return _train(model, corpus, config, resume, callback, stop, dist)
+        loop = _Loop(model, corpus, config, dist)  # every check runs here, before step 1
+        if resume is not None:
+            finished = loop.resume(resume)
+            if finished is not None:  # the checkpoint's run had already ended
+                return finished
+        else:
+            torch.manual_seed(config.seed + loop.seed_offset)  # dropout draws: same seed, same run
+        return loop.fit(callback, stop)
 
 
-def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | Path | None,
-           callback: Callable[[dict], None] | None, stop: _StopRequest,
-           dist: DistContext | None) -> Run:
-    # --- data parallel (dist): this rank's device
-    device = dist.device if dist is not None else pick_device(config.device)
-    model_config = getattr(model, "config", None)
-    model_config = model_config if isinstance(model_config, ModelConfig) else None
-    if model_config is None:
-        raise ValueError("train() needs a model whose .config is a ModelConfig (for block_size).")
-    tokenizer = corpus.tokenizer
-    _check_fits(model_config, config, tokenizer)
-    folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    if folder is not None:
-        _check_checkpoint_folder(folder)
-    model.to(device)
-    block_size = model_config.block_size
+class _Loop:
+    """One call of :func:`train`: its parts (set up and checked in ``__init__``), the state a step
+    changes (history, best loss, early-stopping count, RNG states), and one method per line of
+    the module docstring's pseudo-code, which :meth:`fit` calls in that order."""
 
-    sample_gen = torch.Generator(device=device).manual_seed(config.seed)
-    # --- data parallel (dist): per-rank objective randomness, this rank's rows of each batch --
-    seed_offset = dist.seed_offset if dist is not None else 0
-    objective_gen = torch.Generator(device=device).manual_seed(config.seed + 1 + seed_offset)
-    eval_gen = torch.Generator(device=device)
-    if dist is not None:
-        sampler = dist.sampler(corpus.train, block_size, config.batch_size, sample_gen)
-    else:
-        sampler = BatchSampler(corpus.train, block_size, config.batch_size, device, sample_gen)
-    val_batches = eval_batches(corpus, block_size, config, "val", device)
-    train_batches = eval_batches(corpus, block_size, config, "train", device)
-    ctx = ObjectiveContext(tokenizer, objective_gen, config.label_smoothing, config.mask_rate,
-                           config.pair_weight, pair_text=corpus.train)  # NSP/SOP line pairs
-    eval_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate, config.pair_weight,
-                                pair_text=corpus.val)
-    eval_train_ctx = ObjectiveContext(tokenizer, eval_gen, 0.0, config.mask_rate,
-                                      config.pair_weight, pair_text=corpus.train)
-    objective = OBJECTIVES[config.objective]
-    optimizer = build_optimizer(model, config, device)
-    amp_dtype = autocast_dtype(device, config.dtype)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    def __init__(self, model: nn.Module, corpus: Corpus, config: TrainConfig,
+                 dist: DistContext | None):
+        # --- data parallel (dist): this rank's device
+        device = dist.device if dist is not None else pick_device(config.device)
+        model_config = getattr(model, "config", None)
+        if not isinstance(model_config, ModelConfig):
+            raise ValueError("train() needs a model whose .config is a ModelConfig (for "
+                             "block_size).")
+        _check_fits(model_config, config, corpus.tokenizer)
+        self.folder = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+        if self.folder is not None:
+            _check_checkpoint_folder(self.folder)
+        model.to(device)
+        self.model, self.model_config, self.config = model, model_config, config
+        self.tokenizer, self.dist, self.device = corpus.tokenizer, dist, device
+        self.is_main = dist is None or dist.is_main  # --- data parallel (dist): rank 0 writes
+        block_size = model_config.block_size
 
-    def autocast():
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+        self.sample_gen = torch.Generator(device=device).manual_seed(config.seed)
+        # --- data parallel (dist): per-rank objective randomness, this rank's rows of each batch
+        self.seed_offset = dist.seed_offset if dist is not None else 0
+        self.objective_gen = torch.Generator(device=device).manual_seed(
+            config.seed + SEED_OFFSETS["objective"] + self.seed_offset)
+        if dist is not None:
+            self.sampler = dist.sampler(corpus.train, block_size, config.batch_size,
+                                        self.sample_gen)
+        else:
+            self.sampler = BatchSampler(corpus.train, block_size, config.batch_size, device,
+                                        self.sample_gen)
+        eval_gen = torch.Generator(device=device)  # reseeded at every evaluation
+        self.eval_sets = {  # key in the row: (fixed batches, objective context)
+            key: (eval_batches(corpus, block_size, config, split, device),
+                  eval_context(corpus, config, split, eval_gen))
+            for key, split in (("val_loss", "val"), ("eval_train_loss", "train"))}
+        self.eval_seed = config.seed + SEED_OFFSETS["eval_objective"]
+        self.ctx = ObjectiveContext(corpus.tokenizer, self.objective_gen, config.label_smoothing,
+                                    config.mask_rate, config.pair_weight,
+                                    pair_text=corpus.train)  # NSP/SOP line pairs
+        self.loss = OBJECTIVES[config.objective].loss
+        self.optimizer = build_optimizer(model, config, device)
+        self.amp_dtype = autocast_dtype(device, config.dtype)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.clip = config.grad_clip if config.grad_clip else math.inf
 
-    history: list[dict] = []
-    best = {"val_loss": math.inf, "step": 0}
-    step0 = 0
-    bad_evals = 0
-    if resume is not None:
-        state = load_checkpoint(resume, map_location=device)  # RNG states stay on the CPU
-        conflicts = _resume_conflicts(state, model_config, config)
+        self.history: list[dict] = []
+        self.best = {"val_loss": math.inf, "step": 0}
+        self.bad_evals = 0
+        self.step0 = 0
+        self.completed = 0  # the last step whose update and row are both recorded
+        self.updating = False  # True from the optimizer step until that step's row is recorded
+        self.run = Run(model, config, self.history)
+
+    def autocast(self):
+        return autocast_context(self.device, self.amp_dtype)
+
+    def resume(self, path: str | Path) -> Run | None:
+        """Load everything the rest of the run depends on from the checkpoint ``path``; returns
+        the finished :class:`Run` when the checkpoint's run had already ended, else None."""
+        config = self.config
+        state = load_checkpoint(path, map_location=self.device)  # RNG states stay on the CPU
+        conflicts = _resume_conflicts(state, self.model_config, config)
         if conflicts:
             raise ValueError(
-                f"cannot resume from {resume}: the run would not continue the one saved there.\n  "
+                f"cannot resume from {path}: the run would not continue the one saved there.\n  "
                 + "\n  ".join(conflicts) + "\nOnly " + ", ".join(RESUMABLE_CHANGES)
                 + " may change on resume (steps only upward); start a new run to change the rest.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state[RNG_KEY], sample_gen, objective_gen, device=device)
-        if dist is not None:  # --- data parallel (dist): ranks > 0 reseed their own randomness
-            dist.reseed_after_resume(objective_gen, config.seed, int(state["step"]))
-        history = [dict(r) for r in state["history"]]
-        best = dict(state.get("best") or best)
-        bad_evals = int((state.get("loop") or {}).get("bad_evals", 0))
-        step0 = int(state["step"])
-        stopped = bool(config.patience) and bad_evals >= config.patience
-        if step0 >= config.steps or stopped:
-            return Run(model, config, history, checkpoint_path=Path(resume), stopped_early=stopped)
-    else:
-        torch.manual_seed(config.seed + seed_offset)  # dropout draws: same seed, same run
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state[RNG_KEY], self.sample_gen, self.objective_gen, device=self.device)
+        if self.dist is not None:  # --- data parallel (dist): ranks > 0 reseed their own
+            self.dist.reseed_after_resume(self.objective_gen, config.seed, int(state["step"]))
+        self.history = [dict(r) for r in state["history"]]
+        self.run = Run(self.model, config, self.history)
+        self.best = dict(state.get("best") or self.best)
+        self.bad_evals = int((state.get("loop") or {}).get("bad_evals", 0))
+        self.step0 = self.completed = int(state["step"])
+        stopped = bool(config.patience) and self.bad_evals >= config.patience
+        if self.step0 >= config.steps or stopped:
+            return Run(self.model, config, self.history, checkpoint_path=Path(path),
+                       stopped_early=stopped)
+        return None
 
-    # --- data parallel (dist): DDP runs the forward; `model` (unwrapped) is what is saved
-    forward_model = dist.wrap(model) if dist is not None else model
-    forward_model = compile_model(forward_model, config.compile,
-                                  (model_config, config.batch_size, config.objective))
-    params = [p for p in model.parameters() if p.requires_grad]
-    run = Run(model, config, history)
-    tokens_per_step = config.batch_size * block_size * config.grad_accum
-    clip = config.grad_clip if config.grad_clip else math.inf
-    elapsed0 = history[-1]["seconds"] if history else 0.0
-    t0 = time.perf_counter()
-    completed = step0  # the last step whose update and row are both recorded
-    rng_after = _rng_state(sample_gen, objective_gen, device=device)
-    updating = False  # True from optimizer.step() until that step's bookkeeping is done
+    def fit(self, callback: Callable[[dict], None] | None, stop: _StopRequest) -> Run:
+        """Steps ``step0 + 1 .. config.steps``, as the module docstring's pseudo-code."""
+        config, run, dist = self.config, self.run, self.dist
+        # --- data parallel (dist): DDP runs the forward; `model` (unwrapped) is what is saved
+        forward_model = dist.wrap(self.model) if dist is not None else self.model
+        self.forward_model = compile_model(forward_model, config.compile,
+                                           (self.model_config, config.batch_size,
+                                            config.objective))
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        tokens_per_step = config.batch_size * self.model_config.block_size * config.grad_accum
+        elapsed0 = self.history[-1]["seconds"] if self.history else 0.0
+        t0 = time.perf_counter()
+        self.rng_after = _rng_state(self.sample_gen, self.objective_gen, device=self.device)
+        bar = tqdm(total=config.steps, initial=self.step0, desc="train", unit="step", leave=True,
+                   disable=not (config.progress and self.is_main))
+        self.model.train()
+        try:
+            for step in range(self.step0 + 1, config.steps + 1):
+                # --- data parallel (dist): every rank stops at the same step boundary
+                if stop.requested if dist is None else dist.any(stop.requested):
+                    raise KeyboardInterrupt
+                lr = lr_at(step, config)
+                set_lr(self.optimizer, lr)
+                train_loss, grad_norm = self.gradients()
+                self.check_finite(step, lr, train_loss, grad_norm)
+                self.update()
+                row = {"step": step, "tokens": step * tokens_per_step, "lr": lr,
+                       "train_loss": train_loss, "grad_norm": grad_norm}
+                if step % config.eval_every == 0 or step == config.steps:
+                    self.evaluate(row)
+                row["seconds"] = elapsed0 + time.perf_counter() - t0
+                improved = self.record(step, row)
+                if "val_loss" in row:
+                    bar.set_postfix(val_loss=f"{row['val_loss']:.3f}")
+                self.save_checkpoints(step, improved)
+                bar.update(1)
+                if callback is not None:
+                    callback(row)
+                if config.patience and self.bad_evals >= config.patience:
+                    run.stopped_early = True
+                    break
+            if self.folder is not None:
+                run.checkpoint_path = self.checkpoint(self.folder / checkpoint_name(self.completed))
+        except KeyboardInterrupt as err:
+            self.stop_after_interrupt(err, stop)
+        finally:
+            bar.close()
+        if config.keep_best and run.best_path is None and (self.folder / "best.pt").exists():
+            run.best_path = self.folder / "best.pt"
+        return run
 
-    def checkpoint(path: Path) -> Path:
-        if dist is not None and not dist.is_main:  # --- data parallel (dist): rank 0 writes
+    def gradients(self) -> tuple[float, float]:
+        """g <- (1/A) sum_a grad L(batch_a), then clipped to ||g|| <= grad_clip. Returns the
+        batch's mean loss and ||g|| before clipping, read back in one host-device sync."""
+        config, dist = self.config, self.dist
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(config.grad_accum):
+            x, y = self.sampler.sample()  # (B, T), (B, T)
+            # --- data parallel (dist): all-reduce gradients on the last micro-batch only, and
+            # record the loss of the global batch (the mean over ranks)
+            with self.autocast(), sync_gradients(self.forward_model, micro, config.grad_accum):
+                loss = self.loss(self.forward_model, x, y, self.ctx)
+            loss_sum += loss.detach().float()
+            loss = loss / config.grad_accum
+            self.scaler.scale(loss).backward()  # scale(loss) is loss when fp16 is off
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        # one host-device sync per step: the loss and the norm decide whether to update
+        stats = torch.stack([loss_sum / config.grad_accum, norm.float()])
+        if dist is not None:  # --- data parallel (dist): the global batch's mean loss; the
+            stats[0] = dist.mean(stats[0])  # norms agree already (gradients are averaged)
+        train_loss, grad_norm = stats.tolist()
+        return train_loss, grad_norm
+
+    def check_finite(self, step: int, lr: float, train_loss: float, grad_norm: float) -> None:
+        """Only if L and ||g|| are finite: otherwise :class:`TrainingDiverged`, nothing applied.
+        With fp16 the scaler itself skips a step whose gradient overflowed (and lowers its
+        scale), so a non-finite norm is not divergence there."""
+        if not math.isfinite(train_loss):
+            raise self.diverged(step, lr, f"training loss became {train_loss}")
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise self.diverged(step, lr, f"gradient norm became {grad_norm}")
+
+    def update(self) -> None:
+        """theta <- optimizer(theta, g, lr): through the GradScaler, a plain optimizer.step()
+        when fp16 is off."""
+        self.updating = True
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def evaluate(self, row: dict) -> None:
+        """Validation loss (and the loss on fixed training batches) into ``row``."""
+        if self.is_main:  # --- data parallel (dist): rank 0 evaluates
+            for key, (batches, ctx) in self.eval_sets.items():
+                row[key] = evaluate(self.model, batches, self.config.objective, ctx,
+                                    self.autocast, self.eval_seed)
+        if self.dist is not None:
+            self.dist.share(row, tuple(self.eval_sets))
+
+    def record(self, step: int, row: dict) -> bool:
+        """Append ``row``, update the best loss and the early-stopping count; from here model,
+        optimizer, RNG states and bookkeeping agree again. Returns whether val_loss improved."""
+        self.history.append(row)
+        improved = "val_loss" in row and row["val_loss"] < self.best["val_loss"]
+        if improved:
+            self.best = {"val_loss": row["val_loss"], "step": step}
+            self.bad_evals = 0
+        elif "val_loss" in row:
+            self.bad_evals += 1
+        self.completed = step
+        self.rng_after = _rng_state(self.sample_gen, self.objective_gen, device=self.device)
+        self.updating = False
+        return improved
+
+    def save_checkpoints(self, step: int, improved: bool) -> None:
+        config, run = self.config, self.run
+        if improved and config.keep_best:
+            run.best_path = self.checkpoint(self.folder / "best.pt")
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            run.checkpoint_path = self.checkpoint(self.folder / checkpoint_name(step))
+
+    def payload(self) -> dict:
+        return _payload(self.model, self.optimizer, self.scaler, self.completed, self.history,
+                        self.rng_after, self.model_config, self.config, self.tokenizer, self.best,
+                        self.bad_evals)
+
+    def checkpoint(self, path: Path) -> Path:
+        if not self.is_main:  # --- data parallel (dist): rank 0 writes
             return path
-        return save_checkpoint(_payload(model, optimizer, scaler, completed, history, rng_after,
-                                        model_config, config, tokenizer, best, bad_evals), path)
+        return save_checkpoint(self.payload(), path)
 
-    def diverged(step: int, lr: float, what: str) -> TrainingDiverged:
-        optimizer.zero_grad(set_to_none=True)
+    def diverged(self, step: int, lr: float, what: str) -> TrainingDiverged:
+        self.optimizer.zero_grad(set_to_none=True)
         note = ""
-        if folder is not None and (dist is None or dist.is_main):  # the state before the update
-            payload = _payload(model, optimizer, scaler, completed, history, rng_after,
-                               model_config, config, tokenizer, best, bad_evals)
+        if self.folder is not None and self.is_main:  # the state before the update
+            payload = self.payload()
             if _all_finite(payload["model"]) and _all_finite(payload["optimizer"]):
-                run.checkpoint_path = save_checkpoint(payload, folder / checkpoint_name(completed))
-                note = f"; the last good state is saved at {run.checkpoint_path}"
+                self.run.checkpoint_path = save_checkpoint(
+                    payload, self.folder / checkpoint_name(self.completed))
+                note = f"; the last good state is saved at {self.run.checkpoint_path}"
             else:
                 note = "; the weights were already non-finite, so no checkpoint was written"
         return TrainingDiverged(
             f"the {what} at step {step} (lr={lr:.3g}); the update was not applied. History up "
-            f"to step {completed} is in .run.history{note}. Try a lower lr, a longer warmup or "
-            "gradient clipping.", run)
+            f"to step {self.completed} is in .run.history{note}. Try a lower lr, a longer "
+            "warmup or gradient clipping.", self.run)
 
-    from tqdm.auto import tqdm
-
-    show_progress = config.progress and (dist is None or dist.is_main)  # --- dist: rank 0
-    bar = tqdm(total=config.steps, initial=step0, disable=not show_progress, desc="train",
-               unit="step", leave=True)
-    model.train()
-    try:
-        for step in range(step0 + 1, config.steps + 1):
-            # --- data parallel (dist): every rank stops at the same step boundary
-            if stop.requested if dist is None else dist.any(stop.requested):
-                raise KeyboardInterrupt
-            lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(config.grad_accum):
-                x, y = sampler.sample()  # (B, T), (B, T)
-                # --- data parallel (dist): all-reduce gradients on the last micro-batch only,
-                # and record the loss of the global batch (the mean over ranks)
-                with autocast(), sync_gradients(forward_model, micro, config.grad_accum):
-                    loss = objective(forward_model, x, y, ctx)
-                loss_sum += loss.detach().float()
-                loss = loss / config.grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            # one host-device sync per step: the loss and the norm decide whether to update
-            stats = torch.stack([loss_sum / config.grad_accum, norm.float()])
-            if dist is not None:  # --- data parallel (dist): the global batch's mean loss; the
-                stats[0] = dist.mean(stats[0])  # norms agree already (gradients are averaged)
-            train_loss, grad_norm = stats.tolist()
-            if not math.isfinite(train_loss):
-                raise diverged(step, lr, f"training loss became {train_loss}")
-            if not math.isfinite(grad_norm) and scaler is None:  # the scaler skips such steps
-                raise diverged(step, lr, f"gradient norm became {grad_norm}")
-            updating = True
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            row = {"step": step, "tokens": step * tokens_per_step, "lr": lr,
-                   "train_loss": train_loss, "grad_norm": grad_norm}
-            if step % config.eval_every == 0 or step == config.steps:
-                if dist is None or dist.is_main:  # --- data parallel (dist): rank 0 evaluates
-                    row["val_loss"] = evaluate(model, val_batches, config.objective, eval_ctx,
-                                               autocast, config.seed + 4)
-                    row["eval_train_loss"] = evaluate(model, train_batches, config.objective,
-                                                      eval_train_ctx, autocast, config.seed + 4)
-                if dist is not None:
-                    dist.share(row, ("val_loss", "eval_train_loss"))
-            row["seconds"] = elapsed0 + time.perf_counter() - t0
-            history.append(row)
-            improved = "val_loss" in row and row["val_loss"] < best["val_loss"]
-            if improved:
-                best = {"val_loss": row["val_loss"], "step": step}
-                bad_evals = 0
-            elif "val_loss" in row:
-                bad_evals += 1
-            completed = step
-            rng_after = _rng_state(sample_gen, objective_gen, device=device)
-            updating = False  # model, optimizer, RNGs and bookkeeping agree again: step done
-            if "val_loss" in row:
-                bar.set_postfix(val_loss=f"{row['val_loss']:.3f}")
-            if improved and config.keep_best:
-                run.best_path = checkpoint(folder / "best.pt")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                run.checkpoint_path = checkpoint(folder / checkpoint_name(step))
-            bar.update(1)
-            if callback is not None:
-                callback(row)
-            if config.patience and bad_evals >= config.patience:
-                run.stopped_early = True
-                break
-        if folder is not None:
-            run.checkpoint_path = checkpoint(folder / checkpoint_name(completed))
-    except KeyboardInterrupt as err:
+    def stop_after_interrupt(self, err: KeyboardInterrupt, stop: _StopRequest) -> None:
+        """Ctrl-C: save the last completed step and return, or raise
+        :class:`TrainingInterrupted` when the stop was forced or came mid-update."""
+        run, completed = self.run, self.completed
         run.interrupted = True
-        if updating:  # weights, optimizer and bookkeeping disagree: nothing safe to save
+        if self.updating:  # weights, optimizer and bookkeeping disagree: nothing safe to save
             raise TrainingInterrupted(
                 f"Stopped at once during the update of step {completed + 1}: that step is "
                 f"lost and no checkpoint was written for it (the model now holds a partial "
                 f"update). History up to step {completed} is in .run.history; the last "
                 f"checkpoint is {run.checkpoint_path or 'none'}.", run) from err
-        target = folder or Path(tempfile.mkdtemp(
+        target = self.folder or Path(tempfile.mkdtemp(
             prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=_interrupted_root()))
-        run.checkpoint_path = checkpoint(target / checkpoint_name(completed))
+        run.checkpoint_path = self.checkpoint(target / checkpoint_name(completed))
         if stop.forced:
             raise TrainingInterrupted(
                 f"Stopped at once: the step in flight (step {completed + 1}) is not saved. "
@@ -526,11 +531,6 @@ def _train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | 
                 run) from err
         print(f"Interrupted after step {completed}: history kept in run.history, checkpoint "
               f"written to {run.checkpoint_path} (resume with train(..., resume=that_path)).")
-    finally:
-        bar.close()
-    if config.keep_best and run.best_path is None and (folder / "best.pt").exists():
-        run.best_path = folder / "best.pt"
-    return run
 
 
 def _interrupted_root() -> Path:

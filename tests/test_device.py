@@ -96,3 +96,13 @@ def test_timing_code_synchronizes_before_every_clock_read(monkeypatch):
 def test_generator_device():
     assert device.generator_device(None) == torch.device("cpu")
     assert device.generator_device(torch.Generator()) == torch.device("cpu")
+
+
+def test_profile_reads_environment(monkeypatch):
+    monkeypatch.setenv("LMLAB_PROFILE", "ci")
+    assert device.profile() == "ci"
+    monkeypatch.setenv("LMLAB_PROFILE", "laptop")
+    with pytest.raises(ValueError, match="ci, cpu, gpu"):
+        device.profile()
+    monkeypatch.delenv("LMLAB_PROFILE")
+    assert device.profile() == ("gpu" if torch.cuda.is_available() else "cpu")

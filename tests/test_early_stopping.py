@@ -7,16 +7,13 @@ import torch
 
 from lmlab import ModelConfig, TrainConfig, Transformer, train
 from lmlab.data import CharTokenizer, Corpus
-from lmlab.regularization import (
-    early_stop_point,
-    restore_best,
-    run_with_best_checkpoint,
-    validation_loss,
-)
+from lmlab.evaluation import validation_loss
+from lmlab.experiments import run_experiment
+from lmlab.regularization import early_stop_point, restore_best
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus() -> Corpus:
+def random_letters() -> Corpus:
     """Random text over 8 letters: 400 training tokens a small model memorizes quickly, and an
     unrelated validation text, so the validation loss falls, bottoms out and climbs again."""
     tok = CharTokenizer("abcdefgh")
@@ -38,13 +35,14 @@ def _train(mc, tc, corpus):
     return train(Transformer(mc), corpus, tc)
 
 
-def test_patience_stops_where_the_rule_says_and_follows_the_full_run(tmp_path, tiny_corpus):
+def test_patience_stops_where_the_rule_says_and_follows_the_full_run(tmp_path, random_letters):
     mc, tc = _configs(tmp_path / "full")
-    full = _train(mc, tc, tiny_corpus)
+    full = _train(mc, tc, random_letters)
     steps, losses = full.column("val_loss")
     best_step, stop_step = early_stop_point(steps, losses, patience=4)
     assert stop_step < tc.steps  # the validation loss does climb on this data
-    early = _train(mc, tc.replace(patience=4, checkpoint_dir=str(tmp_path / "early")), tiny_corpus)
+    early = _train(mc, tc.replace(patience=4, checkpoint_dir=str(tmp_path / "early")),
+                   random_letters)
     assert early.stopped_early and not full.stopped_early
     assert early.history[-1]["step"] == stop_step
     assert early_stop_point(*early.column("val_loss"), patience=4) == (best_step, stop_step)
@@ -52,31 +50,31 @@ def test_patience_stops_where_the_rule_says_and_follows_the_full_run(tmp_path, t
     assert early.column("val_loss")[1] == losses[: len(early.evals)]
 
 
-def test_restored_best_model_scores_the_best_validation_loss(tmp_path, tiny_corpus):
+def test_restored_best_model_scores_the_best_validation_loss(tmp_path, random_letters):
     mc, tc = _configs(tmp_path, patience=4)
-    run = _train(mc, tc, tiny_corpus)
+    run = _train(mc, tc, random_letters)
     assert run.best_path is not None and run.best_path.name == "best.pt"
-    final_val = validation_loss(run.model, tiny_corpus, tc)
+    final_val = validation_loss(run.model, random_letters, tc)
     assert final_val == pytest.approx(run.final_val_loss, abs=1e-6)  # same batches as train()
     model = Transformer(mc)
     record = restore_best(model, run.best_path)
     steps, losses = run.column("val_loss")
     assert record["val_loss"] == run.best_val_loss == min(losses)
     assert record["step"] == steps[losses.index(min(losses))]
-    assert validation_loss(model, tiny_corpus, tc) == pytest.approx(run.best_val_loss, abs=1e-6)
+    assert validation_loss(model, random_letters, tc) == pytest.approx(run.best_val_loss, abs=1e-6)
     assert run.best_val_loss < run.final_val_loss - 0.01  # so restoring did change something
 
 
-def test_run_with_best_checkpoint_keeps_best_pt_in_the_cache(tmp_path, monkeypatch, tiny_corpus):
+def test_run_experiment_keep_best_restores_to_the_best_validation_loss(tmp_path, monkeypatch,
+                                                                       random_letters):
+    """The chapter's flow: a cached early-stopping run keeps best.pt, and the model restored from
+    it scores the run's best validation loss."""
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path / "cache"))
     mc, tc = _configs(tmp_path, steps=30, keep_best=False, checkpoint_dir=None)
-    result, best = run_with_best_checkpoint(mc, tc, tiny_corpus)
-    assert best.exists() and not result.cached
-    again, best_again = run_with_best_checkpoint(mc, tc, tiny_corpus)
-    assert again.cached and best_again == best
-    assert again.history == result.history
-    best.unlink()  # a cached result without its checkpoint is trained again
-    third, best_third = run_with_best_checkpoint(mc, tc, tiny_corpus)
-    assert best_third.exists() and not third.cached
+    result = run_experiment(mc, tc, random_letters, keep_best=True)
+    again = run_experiment(mc, tc, random_letters, keep_best=True)
+    assert again.cached and again.best_path == result.best_path
     model = Transformer(mc)
-    assert restore_best(model, best_third)["val_loss"] == pytest.approx(third.best_val_loss)
+    assert restore_best(model, again.best_path)["val_loss"] == pytest.approx(again.best_val_loss)
+    assert validation_loss(model, random_letters, tc) == pytest.approx(again.best_val_loss,
+                                                                       abs=1e-6)

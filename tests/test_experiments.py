@@ -5,9 +5,13 @@ import json
 import pytest
 import torch
 
-from lmlab import ModelConfig, TrainConfig, Transformer, experiments
+from lmlab import ModelConfig, Run, TrainConfig, Transformer, experiments
 from lmlab.data import CharTokenizer, Corpus
 from lmlab.experiments import grid, records, run_experiment, run_key, sweep
+from lmlab.heads import TransformerWithPairHead, transformer_with_pair_head
+from lmlab.init import initialized
+from lmlab.model import Builder
+from lmlab.mup import mup_builder
 
 
 @pytest.fixture()
@@ -42,10 +46,47 @@ def test_key_changes_with_any_setting(setup):
     assert run_key(mc, tc.replace(progress=True), c) == run_key(mc, tc, c)  # display only
 
 
-def test_custom_builder_needs_a_variant(setup):
+def test_custom_builder_needs_a_name(setup):
     mc, tc, _ = setup
-    with pytest.raises(ValueError, match="variant"):
+    with pytest.raises(ValueError, match="name in the cache key"):
         run_experiment(mc, tc, builder=Transformer)
+    with pytest.raises(ValueError, match="contradicts"):
+        run_experiment(mc, tc, builder=Builder("plain", Transformer), variant="other")
+    with pytest.raises(ValueError, match="non-empty"):
+        Builder("", Transformer)
+
+
+def test_a_builder_names_its_runs_and_rebuilds_its_cached_model(setup):
+    """Two builders, two cache entries; a cached Result loads its weights into the builder that
+    trained them (a plain Transformer would refuse the pair head's weights)."""
+    mc, tc, _ = setup
+    pair = run_experiment(mc, tc, builder=transformer_with_pair_head, keep_model=True)
+    plain = run_experiment(mc, tc, keep_model=True)
+    assert pair.key != plain.key and pair.variant == "pair_head"
+    again = run_experiment(mc, tc, builder=transformer_with_pair_head, keep_model=True)
+    assert again.cached and again.key == pair.key
+    assert isinstance(again.load_model(), TransformerWithPairHead)
+    old_way = run_experiment(mc, tc, builder=transformer_with_pair_head.build, variant="pair_head")
+    assert old_way.key == pair.key  # a plain function named by variant= shares the entry
+    assert mup_builder(16).name != mup_builder(32).name
+    assert initialized("he_normal").name != initialized("he_normal", gain=2.0).name
+
+
+def test_keep_best_keeps_best_pt_in_the_cache_and_retrains_without_it(setup):
+    mc, tc, _ = setup
+    result = run_experiment(mc, tc, keep_best=True)
+    assert result.best_path.exists() and not result.cached
+    again = run_experiment(mc, tc, keep_best=True)
+    assert again.cached and again.best_path == result.best_path
+    assert again.history == result.history
+    # keep_best only says what to save: the same entry as a run without it
+    assert run_experiment(mc, tc).key == result.key
+    state = torch.load(result.best_path, weights_only=True)
+    assert state["best"]["val_loss"] == result.best_val_loss
+    result.best_path.unlink()  # a cached result without its checkpoint is trained again
+    third = run_experiment(mc, tc, keep_best=True)
+    assert third.best_path.exists() and not third.cached
+    assert third.column("val_loss") == result.column("val_loss")  # same seed, same run
 
 
 def test_sweep_and_records(setup):
@@ -123,3 +164,19 @@ def test_key_tells_apart_texts_of_equal_name_and_size_and_the_dtype_used(setup, 
     fp32 = run_key(mc, tc, a)  # dtype="auto" resolves to float32 on the CPU ...
     monkeypatch.setattr(experiments, "autocast_dtype", lambda device, pref: torch.bfloat16)
     assert run_key(mc, tc, a) != fp32  # ... and a bf16 run of the same config is another run
+
+
+def test_run_and_result_read_a_history_the_same_way():
+    """One history API: a live Run and a cached Result give the same answers, None before the
+    first evaluation (a Result used to raise IndexError there while a Run returned None)."""
+    rows = [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.9, "val_loss": 2.5},
+            {"step": 3, "train_loss": 2.8, "val_loss": 2.7}]
+    mc = ModelConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, d_model=8)
+    for history, final, best in ((rows, 2.7, 2.5), (rows[:1], None, None)):
+        run = Run(Transformer(mc), TrainConfig(), history)
+        result = experiments.Result("k", "label", mc, TrainConfig(), "tiny", history)
+        for h in (run, result):
+            assert (h.final_val_loss, h.best_val_loss) == (final, best)
+            assert h.evals == [r for r in history if "val_loss" in r]
+            assert h.column("train_loss") == ([r["step"] for r in history],
+                                              [r["train_loss"] for r in history])

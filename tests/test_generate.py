@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmlab import ModelConfig, Transformer
-from lmlab.generate import generate_ids, timed_generation
+from lmlab.generate import generate, generate_ids, timed_generation
 
 
 def _model(pos: str, block_size: int = 16) -> Transformer:
@@ -83,3 +83,17 @@ def test_bad_sampling_settings_are_clear_errors(kwargs, field):
     with pytest.raises(ValueError, match=f"^{re.escape(field)} is invalid"):
         generate_ids(_model("learned"), torch.tensor([[1, 2]]), args["max_new_tokens"],
                      args["temperature"], args["top_k"], torch.Generator().manual_seed(0))
+
+
+def test_generate_returns_prompt_plus_text(tiny_corpus):
+    """The text API: the prompt, then exactly n characters; same seed, same text; the KV cache
+    changes nothing at temperature 0."""
+    tok = tiny_corpus.tokenizer
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2,
+                                    n_head=2, d_model=32))
+    out = generate(model, tok, "to be", 20, seed=0)
+    assert out.startswith("to be") and len(out) == 25
+    assert out == generate(model, tok, "to be", 20, seed=0)
+    cached = generate(model, tok, "to be", 30, temperature=0)
+    assert cached == generate(model, tok, "to be", 30, temperature=0, use_cache=False)

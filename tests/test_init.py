@@ -154,6 +154,7 @@ def test_mlp_char_model_and_builder():
     assert float(model.tok_emb.weight.detach().std()) == pytest.approx(1.0, rel=0.15)
     w = model.stack.linears[0].weight.detach()
     assert float(w.std()) == pytest.approx(math.sqrt(2 / 32), rel=0.1)
-    assert I.mlp_variant("he_normal", "relu") != I.mlp_variant("he_normal", "tanh")
+    assert I.mlp_builder("he_normal", "relu").name != I.mlp_builder("he_normal", "tanh").name
+    assert I.mlp_builder("he_normal", "relu").name != I.initialized("he_normal").name
     with pytest.raises(ValueError, match="nonlinearity"):
         I.mlp_builder("he_normal", "swish")

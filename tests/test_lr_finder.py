@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
-import torch
 
 from lmlab import ModelConfig, TrainConfig
-from lmlab.data import CharTokenizer, Corpus
 from lmlab.lr_finder import lr_range_test, range_lrs, smooth_losses, suggest_lr
-
-
-def tiny_corpus() -> Corpus:
-    text = "to be or not to be, that is the question. " * 200
-    tok = CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    return Corpus("tiny", tok, ids[:7000], ids[7000:])
 
 
 def test_range_is_geometric():
@@ -44,9 +36,9 @@ def test_suggestions_on_a_synthetic_curve():
         suggest_lr(lrs, loss, "valley")
 
 
-def test_range_test_on_a_tiny_transformer(tmp_path, monkeypatch):
+def test_range_test_on_a_tiny_transformer(tmp_path, monkeypatch, tiny_corpus):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
-    corpus = tiny_corpus()
+    corpus = tiny_corpus
     mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
                      d_model=16)
     tc = TrainConfig(batch_size=8, optimizer="adamw", grad_clip=None, progress=False)
@@ -59,3 +51,22 @@ def test_range_test_on_a_tiny_transformer(tmp_path, monkeypatch):
     assert 1e-4 < result.suggestion < result.min_loss_lr
     again = lr_range_test(mc, tc, corpus, lr_min=1e-4, lr_max=10.0, steps=60)
     assert again.cached and again.losses == result.losses
+
+
+def test_range_test_is_kept_in_the_experiment_cache(tmp_path, monkeypatch, tiny_corpus):
+    """One cache for runs and range tests: the record sits under runs/ (written atomically, no
+    temporary file left), and a damaged one is recomputed with a warning, never returned."""
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    mc = ModelConfig(vocab_size=tiny_corpus.tokenizer.vocab_size, block_size=16, n_layer=1,
+                     n_head=2, d_model=16)
+    tc = TrainConfig(batch_size=8, progress=False)
+    first = lr_range_test(mc, tc, tiny_corpus, lr_min=1e-4, lr_max=1.0, steps=8)
+    (record,) = (tmp_path / "runs").glob("*/record.json")
+    assert json.loads(record.read_text())["losses"] == first.losses
+    assert [p.name for p in record.parent.iterdir()] == ["record.json"]
+    assert not (tmp_path / "lr_range").exists()  # no second cache
+    record.write_text('{"lrs": [0.1, ')  # cut short, as by a crash mid-write elsewhere
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = lr_range_test(mc, tc, tiny_corpus, lr_min=1e-4, lr_max=1.0, steps=8)
+    assert not again.cached and again.losses == first.losses
+    assert lr_range_test(mc, tc, tiny_corpus, lr_min=1e-4, lr_max=1.0, steps=8).cached

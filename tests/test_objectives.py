@@ -9,14 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab import ModelConfig, Transformer
-from lmlab.data import CharTokenizer
+from lmlab import ModelConfig, TrainConfig, Transformer, train
+from lmlab.data import CharTokenizer, Corpus
+from lmlab.evaluation import validation_loss
 from lmlab.heads import transformer_with_pair_head
 from lmlab.objectives import (
     IGNORE_INDEX,
     OBJECTIVES,
     ObjectiveContext,
     bits_per_char,
+    check_objective_fits,
     combined_loss,
     distillation_loss,
     mlm_pair_losses,
@@ -230,10 +232,10 @@ def test_mlm_sop_objective_combines_with_lambda():
     ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(3), pair_weight=0.7, pair_text=LINES)
     mlm, pair = mlm_pair_losses(model, x, ObjectiveContext(TOK, torch.Generator().manual_seed(3),
                                                            pair_text=LINES), "sop")
-    total = OBJECTIVES["mlm_sop"](model, x, x, ctx)
+    total = OBJECTIVES["mlm_sop"].loss(model, x, x, ctx)
     torch.testing.assert_close(total, mlm + 0.7 * pair, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="pair_head"):
-        OBJECTIVES["mlm_sop"](Transformer(tiny(causal=False)), x, x, ctx)
+        OBJECTIVES["mlm_sop"].loss(Transformer(tiny(causal=False)), x, x, ctx)
 
 
 @pytest.mark.parametrize("name", ["prefix", "span", "mlm_sop", "mlm_nsp"])
@@ -243,8 +245,9 @@ def test_new_objectives_start_near_uniform_and_backpropagate(name):
     model = build(tiny(causal=name in ("prefix", "span"), block_size=32))
     w = torch.randint(0, TOK.n_chars, (8, 33))
     x, y = w[:, :-1], w[:, 1:]  # (B, T) windows and next-token targets
-    loss = OBJECTIVES[name](model, x, y, ObjectiveContext(TOK, torch.Generator().manual_seed(0),
-                                                          pair_text=LINES))
+    loss = OBJECTIVES[name].loss(model, x, y,
+                                 ObjectiveContext(TOK, torch.Generator().manual_seed(0),
+                                                  pair_text=LINES))
     expected = math.log(TOK.vocab_size) + (math.log(2) if name.startswith("mlm_") else 0.0)
     assert loss.item() == pytest.approx(expected, rel=0.05)  # small init: near-uniform outputs
     loss.backward()
@@ -300,7 +303,7 @@ def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
     w = torch.randint(0, TOK.n_chars, (3, 13))
     x, y = w[:, :-1], w[:, 1:]
     ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(4))
-    loss = OBJECTIVES["prefix"](model, x, y, ctx)
+    loss = OBJECTIVES["prefix"].loss(model, x, y, ctx)
     p = sample_prefix_lengths(3, 12, torch.Generator().manual_seed(4))
     logits = model(x, mask=prefix_lm_mask(p, 12))  # (3, 12, V)
     keep = torch.arange(12)[None, :] >= (p[:, None] - 1)  # (3, 12) scored positions
@@ -310,12 +313,7 @@ def test_prefix_objective_equals_cross_entropy_on_post_prefix_targets():
 
 def test_pair_objective_losses_are_rescored_exactly_from_the_split_they_came_from():
     """train() draws the pairs of val_loss from the validation text and those of eval_train_loss
-    from the training text; regularization.validation_loss must draw the same ones."""
-    from lmlab import TrainConfig
-    from lmlab.data import Corpus
-    from lmlab.regularization import validation_loss
-    from lmlab.train import train
-
+    from the training text; evaluation.validation_loss must draw the same ones."""
     text = torch.tensor(TOK.encode(("a:\nthe cat sat\non the mat\nand the dog\nran off.\n\n"
                                     "b:\nso it goes\nand went\nto sea.\n\n") * 12))
     corpus = Corpus("lines", TOK, text[: len(text) * 3 // 4], text[len(text) * 3 // 4 :])
@@ -328,3 +326,38 @@ def test_pair_objective_losses_are_rescored_exactly_from_the_split_they_came_fro
     assert validation_loss(model, corpus, tc) == pytest.approx(last["val_loss"], abs=1e-6)
     assert validation_loss(model, corpus, tc, "train") == pytest.approx(last["eval_train_loss"],
                                                                          abs=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_each_registry_record_states_what_its_loss_does(name):
+    """Each fact of an Objective record is checked against its loss: a wrong flag (a pair head
+    the loss does not need, a masking rate it ignores) fails here."""
+    facts = OBJECTIVES[name]
+    torch.manual_seed(0)
+    build = transformer_with_pair_head if facts.pair_head else Transformer
+    model = build(tiny(causal=facts.model_causal, block_size=32))
+    w = torch.randint(0, TOK.n_chars, (8, 33))
+    x, y = w[:, :-1], w[:, 1:]  # (B, T)
+
+    def loss(rate, m=model):
+        ctx = ObjectiveContext(TOK, torch.Generator().manual_seed(0), mask_rate=rate,
+                               pair_text=LINES)
+        return facts.loss(m, x, y, ctx).item()
+
+    # uses_mask_rate: the same draws at another rate select other positions, another loss
+    assert (loss(0.15) != loss(0.5)) == facts.uses_mask_rate
+    # pair_head: without one the loss refuses the model, with a clear message
+    plain = Transformer(tiny(causal=facts.model_causal, block_size=32))
+    if facts.pair_head:
+        with pytest.raises(ValueError, match="pair_head"):
+            loss(0.15, plain)
+    else:
+        loss(0.15, plain)
+    # causal: the model the chapter builds fits; the other attention fits only where None
+    check_objective_fits(name, facts.model_causal)
+    if facts.causal is None:
+        check_objective_fits(name, not facts.model_causal)
+    else:
+        with pytest.raises(ValueError, match="does not fit"):
+            check_objective_fits(name, not facts.causal)
+    assert facts.predicts and facts.name == name

@@ -376,3 +376,16 @@ def test_muon_batches_by_default_only_in_bf16(monkeypatch):
         F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
         scratch.Muon(groups, lr=1e-2, ns_dtype=dtype).step()
         assert dims and set(dims) == {dim}, (dtype, dims)
+
+
+# ------------------------------------------------------------------------ parameter groups
+def test_weight_decay_groups():
+    model = Transformer(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=1, d_model=8))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert decayed == ["blocks.0.attn.proj.weight", "blocks.0.attn.qkv.weight",
+                       "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"]
+    assert "tok_emb.weight" in {names[id(p)] for p in no_decay["params"]}
+    n_total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == n_total

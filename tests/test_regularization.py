@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lmlab import ModelConfig, TrainConfig, Transformer
 from lmlab import regularization as R
+from lmlab.experiments import regularized_run
 from lmlab.optim import build_optimizer
 
 # ------------------------------------------------------------------------------ label smoothing
@@ -179,7 +180,7 @@ def test_sgd_l2_equals_decoupled_equals_pytorch_and_autograd():
 def test_adam_l2_step_equals_torch_adam_weight_decay_and_autograd_penalty():
     theta0, grads = _theta_and_grads(seed=1)
     lr, lam, betas, eps = 1e-2, 0.5, (0.9, 0.999), 1e-8
-    theta, state = theta0.clone(), R.AdamState.zeros_like(theta0)
+    theta, state = theta0.clone(), {}
     for grad in grads:
         theta = R.adam_l2_step(theta, grad, state, lr, lam, betas, eps)
     ref = _torch_steps(torch.optim.Adam, theta0, grads, lr=lr, betas=betas, eps=eps,
@@ -197,7 +198,7 @@ def test_adam_l2_step_equals_torch_adam_weight_decay_and_autograd_penalty():
 def test_adamw_step_equals_torch_adamw_and_differs_from_adam_l2():
     theta0, grads = _theta_and_grads(seed=2)
     lr, lam, betas, eps = 1e-2, 0.5, (0.9, 0.95), 1e-8
-    theta, state = theta0.clone(), R.AdamState.zeros_like(theta0)
+    theta, state = theta0.clone(), {}
     for grad in grads:
         theta = R.adamw_step(theta, grad, state, lr, lam, betas, eps)
     ref = _torch_steps(torch.optim.AdamW, theta0, grads, lr=lr, betas=betas, eps=eps,
@@ -212,8 +213,8 @@ def test_zero_gradient_adam_l2_moves_lr_per_step_adamw_moves_lr_lambda_theta():
     theta0 = torch.tensor([2.0, -0.5, 0.1], dtype=torch.float64)
     lr, lam = 1e-2, 0.01
     zero = torch.zeros_like(theta0)
-    adam = R.adam_l2_step(theta0, zero, R.AdamState.zeros_like(theta0), lr, lam)
-    adamw = R.adamw_step(theta0, zero, R.AdamState.zeros_like(theta0), lr, lam)
+    adam = R.adam_l2_step(theta0, zero, {}, lr, lam)
+    adamw = R.adamw_step(theta0, zero, {}, lr, lam)
     # Adam normalizes g' = lam * theta by |g'| + eps: a step of lr * sign(theta), whatever lam is,
     # up to the relative error eps / |lam * theta| <= 1e-8 / 1e-3 = 1e-5
     torch.testing.assert_close(theta0 - adam, lr * theta0.sign(), atol=0.0, rtol=1.1e-5)
@@ -248,7 +249,7 @@ def test_matrix_decay_rule_is_nanogpts_and_reaches_the_optimizer():
     assert decayed == {id(p) for p in model.parameters() if p.dim() >= 2}
     assert all(p.dim() == 1 for p in by_name["no_decay"]["params"])
     with pytest.raises(ValueError, match="decay_rule"):
-        R.regularized_run(model.config, TrainConfig(), None, dropout=0.0, weight_decay=0.0,
+        regularized_run(model.config, TrainConfig(), None, dropout=0.0, weight_decay=0.0,
                           label_smoothing=0.0, data_fraction=1.0, decay_rule="all")
 
 

@@ -4,7 +4,9 @@ import pytest
 
 from lmlab import ModelConfig, TrainConfig
 from lmlab.data import char_corpus
-from lmlab.widgets.objectives import USES_PAIR_WEIGHT, objective_run, objectives_explorer
+from lmlab.experiments import objective_run
+from lmlab.objectives import OBJECTIVES
+from lmlab.widgets.objectives import objectives_explorer
 
 
 def test_changing_objective_and_rate_changes_the_curve(tmp_path, monkeypatch):
@@ -29,8 +31,8 @@ def test_changing_objective_and_rate_changes_the_curve(tmp_path, monkeypatch):
     assert not e.controls["pair_weight"].disabled and "per pair" in e.figure.axes[0].get_ylabel()
     for name in ("clm", "mlm", "prefix", "span", "mlm_nsp"):
         e.controls["objective"].value = name  # as a learner picks it: the observers fire
-        assert e.controls["pair_weight"].disabled == (name not in USES_PAIR_WEIGHT), name
-        assert ("per pair" in e.figure.axes[0].get_ylabel()) == (name in USES_PAIR_WEIGHT), name
+        assert e.controls["pair_weight"].disabled == (not OBJECTIVES[name].pair_head), name
+        assert ("per pair" in e.figure.axes[0].get_ylabel()) == OBJECTIVES[name].pair_head, name
     # settings an objective ignores are reset, so the same run is read back from the cache
     a = objective_run(mc, tc, "clm", mask_rate=0.4, corpus=corpus)
     b = objective_run(mc, tc, "clm", mask_rate=0.15, corpus=corpus)

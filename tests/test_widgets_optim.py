@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lmlab import ModelConfig, TrainConfig
-from lmlab.data import CharTokenizer, Corpus
 from lmlab.widgets.optim import optimizer_explorer
-
-
-def tiny_corpus() -> Corpus:
-    text = "to be or not to be, that is the question. " * 200
-    tok = CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    return Corpus("tiny", tok, ids[:7000], ids[7000:])
 
 
 def left_lines(explorer) -> list:
     return [line.get_ydata().tolist() for line in explorer.figure.axes[0].get_lines()]
 
 
-def test_explorer_redraws_on_lr_and_schedule(tmp_path, monkeypatch):
+def test_explorer_redraws_on_lr_and_schedule(tmp_path, monkeypatch, tiny_corpus):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
-    corpus = tiny_corpus()
+    corpus = tiny_corpus
     mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
                      d_model=16)
     tc = TrainConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10,
@@ -42,7 +33,7 @@ def test_explorer_redraws_on_lr_and_schedule(tmp_path, monkeypatch):
     assert explorer.figure.axes[1].get_lines()[0].get_ydata().tolist() == [1e-2] * 20
 
 
-def test_explorer_rejects_defaults_outside_its_options():
+def test_explorer_rejects_defaults_outside_its_options(tiny_corpus):
     mc = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, d_model=8)
     with pytest.raises(ValueError, match="lr"):
-        optimizer_explorer(mc, TrainConfig(lr=2e-3), tiny_corpus())
+        optimizer_explorer(mc, TrainConfig(lr=2e-3), tiny_corpus)

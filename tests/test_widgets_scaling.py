@@ -8,7 +8,7 @@ import torch
 
 from lmlab import ModelConfig, Transformer
 from lmlab.compress import pruned_copy
-from lmlab.train import evaluate
+from lmlab.evaluation import evaluate
 from lmlab.widgets.scaling import pruning_explorer, scaling_law_explorer
 
 

@@ -30,6 +30,8 @@ import ipywidgets as W
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..plots import loss_curves
+
 STATIC_NOTE = ("Showing the default settings. Open this chapter in JupyterLab "
                "(<code>make lab</code>) to move the controls.")
 STATIC_BOOK_ENV = "LMLAB_STATIC_BOOK"
@@ -272,9 +274,6 @@ class LiveLossPlot:
     (and at each evaluation) in one persistent figure."""
 
     def __init__(self, every: int = 25, title: str = "training", figsize=(7.5, 3.6)):
-        from ..plots import loss_curves
-
-        self._loss_curves = loss_curves
         self.every = every
         self.title = title
         self.rows: list[dict] = []
@@ -290,7 +289,7 @@ class LiveLossPlot:
     def redraw(self) -> None:
         def draw(fig):
             ax = fig.add_subplot()
-            self._loss_curves(ax, {"validation": self.rows}, "val_loss", train=True, smooth=10,
+            loss_curves(ax, {"validation": self.rows}, "val_loss", train=True, smooth=10,
                               title=self.title)
             ax.set_ylabel("loss (nats/char)")
 

@@ -110,7 +110,6 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
 
         try:
             history_rows = run_experiment(cfg, train_config, corpus, builder=builder,
-                                          variant=I.mlp_variant(name, nonlinearity, **kwargs),
                                           callback=on_row).history
             note = ""
         except TrainingDiverged as err:

@@ -1,6 +1,6 @@
 """Chapter 2 explorer: pick an objective, a masking rate and lambda; see its loss curves.
 
-Each setting is one :func:`lmlab.experiments.run_experiment` call: read from the disk cache when it
+Each setting is one :func:`lmlab.experiments.objective_run` call: read from the disk cache when it
 was run before, trained live (with the progress bar) otherwise.
 """
 
@@ -11,41 +11,17 @@ import math
 import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
-from ..experiments import Result, run_experiment
-from ..heads import transformer_with_pair_head
-from ..objectives import PREDICTS, bits_per_char
-
-CAUSAL = {"clm": True, "prefix": True, "span": True, "mlm": False, "mlm_sop": False,
-          "mlm_nsp": False}
-"""Default attention of the model each objective trains (prefix and span pass their own mask)."""
-USES_MASK_RATE = ("mlm", "mlm_sop", "mlm_nsp", "span")
-USES_PAIR_WEIGHT = ("mlm_sop", "mlm_nsp")
+from ..experiments import objective_run
+from ..objectives import OBJECTIVES, bits_per_char
+from . import Explorer, History, metric_line
 
 
 def loss_label(objective: str) -> str:
     """The y-axis label of an objective's loss / ln 2: L_MLM is an average per masked character,
     L_pair one per pair (a sentence pair is one prediction), so their sum has two units."""
-    if objective in USES_PAIR_WEIGHT:
+    if OBJECTIVES[objective].pair_head:
         return "(L_MLM + lambda L_pair) / ln 2\n(bits per masked char + lambda x bits per pair)"
     return "loss / ln 2 (bits per predicted char)"
-
-
-def objective_run(model_config: ModelConfig, train_config: TrainConfig, objective: str,
-                  mask_rate: float = 0.15, pair_weight: float = 1.0, corpus="tinyshakespeare",
-                  **kwargs) -> Result:
-    """Run (or read back) ``objective`` on the given sizes: the model is causal or bidirectional as
-    the objective needs, gets a pair head for ``mlm_sop`` / ``mlm_nsp``, and settings the objective
-    ignores are reset to their defaults (so equal runs share one cache entry)."""
-    if objective not in CAUSAL:
-        raise ValueError(f"objective={objective!r} is invalid: expected one of {list(CAUSAL)}.")
-    mask_rate = mask_rate if objective in USES_MASK_RATE else 0.15
-    pair_weight = pair_weight if objective in USES_PAIR_WEIGHT else 1.0
-    paired = objective in USES_PAIR_WEIGHT
-    return run_experiment(
-        model_config.replace(causal=CAUSAL[objective]),
-        train_config.replace(objective=objective, mask_rate=mask_rate, pair_weight=pair_weight),
-        corpus, label=objective, builder=transformer_with_pair_head if paired else None,
-        variant="pair_head" if paired else None, **kwargs)
 
 
 def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
@@ -55,12 +31,10 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
     it draws the training and validation loss / ln 2 against tokens seen: bits per predicted
     character, plus lambda times bits per pair for the objectives with a pair head. The lambda
     control is disabled for the objectives without a pair head, which ignore it."""
-    from . import Explorer, History, metric_line
-
     history = History(keep=3)
 
     controls = {
-        "objective": W.Dropdown(options=list(CAUSAL), value=objective, description="objective"),
+        "objective": W.Dropdown(options=list(OBJECTIVES), value=objective, description="objective"),
         "mask_rate": W.FloatSlider(value=mask_rate, min=0.05, max=0.5, step=0.05,
                                    description="mask rate", continuous_update=False),
         "pair_weight": W.FloatSlider(value=pair_weight, min=0.0, max=2.0, step=0.25,
@@ -68,7 +42,7 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
     }
 
     def enable_lambda(_change=None):
-        controls["pair_weight"].disabled = controls["objective"].value not in USES_PAIR_WEIGHT
+        controls["pair_weight"].disabled = not OBJECTIVES[controls["objective"].value].pair_head
 
     enable_lambda()
     controls["objective"].observe(enable_lambda, names="value")  # before the redraw's observer
@@ -83,8 +57,9 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         result = objective_run(model_config, train_config, objective, mask_rate, pair_weight,
                                corpus, callback=on_step)
         ax = figure.add_subplot()
-        key = (objective, mask_rate if objective in USES_MASK_RATE else None,
-               pair_weight if objective in USES_PAIR_WEIGHT else None)
+        facts = OBJECTIVES[objective]
+        key = (objective, mask_rate if facts.uses_mask_rate else None,
+               pair_weight if facts.pair_head else None)
         history.record(key, " ".join(f"{k}" for k in key if k is not None), result)
         rows = [r for r in result.history if r.get("val_loss") is not None]
         ax.plot([r["tokens"] for r in result.history],
@@ -94,11 +69,11 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
                 color="C0", marker="o", markersize=3, label="validation")
         history.draw_behind(ax, key, metric_line("val_loss", x="tokens", transform=bits_per_char))
         settings = []
-        if objective in USES_MASK_RATE:
+        if facts.uses_mask_rate:
             settings.append(f"rate {mask_rate:.2f}")
-        if objective in USES_PAIR_WEIGHT:
+        if facts.pair_head:
             settings.append(f"lambda {pair_weight:.2f}")
-        ax.set_title(f"{objective} {' '.join(settings)}: predicts {PREDICTS[objective]}",
+        ax.set_title(f"{objective} {' '.join(settings)}: predicts {facts.predicts}",
                      fontsize=9)
         ax.set_xlabel("tokens seen")
         ax.set_ylabel(loss_label(objective), fontsize=8)

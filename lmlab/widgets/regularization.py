@@ -1,7 +1,7 @@
 """Chapter 5's explorer: dropout, weight decay, label smoothing and data fraction against the
 training and validation curves.
 
-A thin wrapper: each setting is one :func:`lmlab.regularization.regularized_run` (read from the
+A thin wrapper: each setting is one :func:`lmlab.experiments.regularized_run` (read from the
 disk cache when it was run before, trained live otherwise), drawn with
 :func:`lmlab.plots.loss_curves`.
 """
@@ -15,8 +15,8 @@ import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
+from ..experiments import regularized_run
 from ..plots import loss_curves
-from ..regularization import regularized_run
 from . import Explorer, History, metric_line
 
 

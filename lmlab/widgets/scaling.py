@@ -14,8 +14,8 @@ import numpy as np
 from torch import nn
 
 from ..compress import PRUNING, pruned_copy
+from ..evaluation import evaluate
 from ..scaling import fit_power_law, loss_at_tokens
-from ..train import evaluate
 from . import Explorer
 
 
