@@ -20,8 +20,9 @@ shape, random weights, trained on the speaker alone). ``mix=m`` trains on
 ``(1 - m) * loss_speaker + m * loss_general`` with general windows drawn from the pretraining
 text (replay), a classic remedy for catastrophic forgetting (McCloskey & Cohen, 1989).
 
-Results the chapter and its explorer share are cached as JSON under ``$LMLAB_CACHE_DIR/finetune``,
-keyed by the base run, the data, the settings and lmlab's code.
+Results the chapter and its explorer share are cached as JSON records in the experiment cache
+(:func:`lmlab.experiments.cached_record`), keyed by the base run, the data, the settings, the
+device type and lmlab's code.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,13 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BatchSampler, CharTokenizer, Corpus
-from .experiments import code_fingerprint
+from .experiments import cached_record, code_fingerprint
 from .heads import SequenceClassifier, _check_labels, classifier_accuracy
 from .lora import add_lora, trainable_parameters
 from .model import Transformer
 from .modes import eval_mode
 from .pairs import speeches
-from .paths import atomic_write, cache_dir
 from .prompts import IGNORE, SoftPrompt, init_ids_for, prompt_loss
 
 METHODS = ("full", "freeze", "probe", "lora", "prompt", "scratch")
@@ -438,26 +437,12 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
 
 # ------------------------------------------------------------------ the cache
 def _cached(kind: str, key: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """``compute()`` (a JSON-able dict) once per key, then read back from
-    ``$LMLAB_CACHE_DIR/finetune/<kind>/<sha>.json``; a damaged file is computed again."""
-    blob = json.dumps({**key, "code": code_fingerprint()}, sort_keys=True, default=str)
-    name = hashlib.sha256(blob.encode()).hexdigest()[:20]
-    path = cache_dir() / "finetune" / kind / f"{name}.json"
-    if path.exists():
-        try:
-            value = json.loads(path.read_text())
-            if not isinstance(value, dict):
-                raise ValueError("it does not hold a JSON object")
-            return value, True
-        except (OSError, ValueError) as err:
-            warnings.warn(f"the cached result {path} is damaged ({type(err).__name__}: {err}); "
-                          "removed, computing it again.", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w") as f:
-        json.dump(value, f)
-    return value, False
+    """``compute()`` (a JSON-able dict) once per key (with lmlab's code fingerprint), then read
+    back through :func:`lmlab.experiments.cached_record`, which recomputes a damaged record with a
+    warning."""
+    blob = json.dumps({"kind": kind, **key, "code": code_fingerprint()}, sort_keys=True,
+                      default=str)
+    return cached_record(f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}", compute)
 
 
 def adaptation(base: Transformer, base_key: str, task: SpeakerTask, config: AdaptConfig,
