@@ -113,6 +113,15 @@ def run_key(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def spec_key(kind: str, spec: dict) -> str:
+    """The cache key of a result that is not one training run: sha256 over ``kind``, ``spec``
+    (JSON-able, naming everything the result depends on: configs, the keys of the runs it starts
+    from) and lmlab's code fingerprint, as :func:`run_key` keys a run."""
+    blob = json.dumps({"kind": kind, "spec": spec, "code": code_fingerprint()}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_write(path, "w") as f:
         json.dump(data, f)
@@ -121,8 +130,9 @@ def _write_json(path: Path, data: dict) -> None:
 def cached_record(key: str, compute: Callable[[], dict], cache: bool = True) -> tuple[dict, bool]:
     """A JSON record kept in the experiment cache, ``runs/<key>/record.json``: read back when it
     is there and whole, else ``compute()``d and written atomically. Returns (record, cached). For
-    results that are not a training history (the learning-rate range test): one cache, one way
-    to write it."""
+    results that are not a training history (the learning-rate range test, a distillation or
+    policy-gradient run): one cache, one way to write it. A record whose ``info`` says
+    ``interrupted`` is returned but never written: the cache holds no partial result."""
     path = cache_dir() / "runs" / key / "record.json"
     if cache and path.exists():
         try:
@@ -134,7 +144,7 @@ def cached_record(key: str, compute: Callable[[], dict], cache: bool = True) -> 
             warnings.warn(f"the cached record {path} is damaged ({type(err).__name__}: {err}); "
                           "computing it again.", RuntimeWarning, stacklevel=2)
     record = compute()
-    if cache:
+    if cache and not (record.get("info") or {}).get("interrupted"):
         _write_json(path, record)
     return record, False
 

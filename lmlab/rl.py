@@ -24,6 +24,7 @@ constant in the gradient.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import pick_device
+from .experiments import Result, cached_record, spec_key
 from .generate import generate_ids
 
 BASELINES = ("none", "leave_one_out")
@@ -192,3 +195,80 @@ def gradient_variance(policy: nn.Module, prompt: torch.Tensor, completions: list
         grads.append(torch.cat([x.flatten() for x in g]))
     stacked = torch.stack(grads)  # (K, P)
     return float(stacked.var(dim=0, unbiased=True).sum())
+
+
+def sampled_batches(policy: nn.Module, tokenizer, reward_fn: Callable[[list[str]], torch.Tensor],
+                    config: PolicyGradientConfig, k: int, seed: int
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """``k`` independent batches of ``config.batch`` samples of the policy as it is, with their
+    rewards: (prompt ids (B, T0), k completions (B, n), k rewards (B,)), the input of
+    :func:`gradient_variance`."""
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompt = torch.tensor([tokenizer.encode(config.prompt)] * config.batch, device=device)
+    completions, rewards = [], []
+    for _ in range(k):
+        completion = sample_completions(policy, prompt, config.length, generator,
+                                        config.temperature, tokenizer.n_chars)  # (B, n)
+        completions.append(completion)
+        rewards.append(reward_fn([tokenizer.decode(r.tolist()) for r in completion.cpu()])
+                       .to(device).float())
+    return prompt, completions, rewards
+
+
+def policy_report(policy: nn.Module, reference: nn.Module, tokenizer,
+                  reward_fn: Callable[[list[str]], torch.Tensor], config: PolicyGradientConfig,
+                  n: int, seed: int) -> dict:
+    """``n`` samples of ``policy`` after ``config.prompt`` (fixed seed) and what they score: the
+    mean reward, and the mean log-likelihood per character under ``reference``
+    (sum_t log pi_ref(y_t | y_<t) / length): how much the text still looks like what the
+    reference model writes."""
+    cfg = dataclasses.replace(config, batch=n)
+    prompt, (completion,), (reward,) = sampled_batches(policy, tokenizer, reward_fn, cfg, 1, seed)
+    with torch.no_grad():
+        ref = sequence_logprob(reference, prompt, completion, tokenizer.n_chars)  # (n,)
+    return {"texts": [tokenizer.decode(r.tolist()) for r in completion.cpu()],
+            "reward": float(reward.mean()),
+            "ref_logprob_per_char": float(ref.mean()) / config.length}
+
+
+def letter_free_run(base: Result, tokenizer, config: PolicyGradientConfig, *, letter: str = "e",
+                    n_report: int = 32, callback: Callable[[dict], None] | None = None) -> dict:
+    """:func:`reinforce_finetune` of the model of run ``base`` on :func:`letter_free_reward`
+    (``letter``), leashed to that same model, cached on disk by the base run's key, the config
+    and the letter. Returns {"history": rows of reinforce_finetune, "before": and "after":
+    :func:`policy_report` of the base model and of the tuned one on ``n_report`` samples drawn
+    with the same seed}."""
+    if len(letter) != 1 or not letter.isalpha():
+        raise ValueError(f"letter={letter!r} is invalid: expected one letter, e.g. 'e'.")
+
+    def reward_fn(texts):
+        return letter_free_reward(texts, letter)
+
+    def compute() -> dict:
+        reference = base.load_model().to(pick_device())
+        rows: list[dict] = []
+
+        def record(row):
+            rows.append(row)
+            if callback is not None:
+                callback(row)
+
+        try:
+            tuned, history = reinforce_finetune(reference, tokenizer, reward_fn, config,
+                                                callback=record)
+        except KeyboardInterrupt:
+            print(f"Interrupted after step {len(rows)}: the partial history is in the record's "
+                  "'history' and nothing was cached; run the cell again to train it whole.")
+            return {"history": rows, "info": {"interrupted": True}}
+        seed = config.seed + 1000  # the report's samples are not any training batch
+        return {"history": history, "info": {"interrupted": False},
+                "before": policy_report(reference, reference, tokenizer, reward_fn, config,
+                                        n_report, seed),
+                "after": policy_report(tuned, reference, tokenizer, reward_fn, config,
+                                       n_report, seed)}
+
+    spec = {"base": base.key, "config": dataclasses.asdict(config), "letter": letter,
+            "n_report": n_report}
+    record, _ = cached_record(spec_key("reinforce", spec), compute)
+    return record

@@ -166,6 +166,32 @@ def test_key_tells_apart_texts_of_equal_name_and_size_and_the_dtype_used(setup, 
     assert run_key(mc, tc, a) != fp32  # ... and a bf16 run of the same config is another run
 
 
+def test_cached_record_computes_once_recomputes_a_damaged_entry_and_skips_interrupted(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"history": [{"step": 1, "x": len(calls)}], "info": {"interrupted": False}}
+
+    key = experiments.spec_key("demo", {"a": 1})
+    assert key != experiments.spec_key("demo", {"a": 2}) != experiments.spec_key("other", {"a": 2})
+    first, cached = experiments.cached_record(key, compute)
+    again, cached_again = experiments.cached_record(key, compute)
+    assert (cached, cached_again, len(calls)) == (False, True, 1) and first == again
+    (tmp_path / "runs" / key / "record.json").write_text('{"history": [')  # truncated
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        redone, cached = experiments.cached_record(key, compute)
+    assert not cached and redone["history"][0]["x"] == 2
+    # a partial (interrupted) result is returned but not stored: the next call computes it whole
+    partial_key = experiments.spec_key("demo", {"a": 3})
+    partial, _ = experiments.cached_record(
+        partial_key, lambda: {"history": [], "info": {"interrupted": True}})
+    assert partial["info"]["interrupted"]
+    assert not experiments.cached_record(partial_key, compute)[1]
+
+
 def test_run_and_result_read_a_history_the_same_way():
     """One history API: a live Run and a cached Result give the same answers, None before the
     first evaluation (a Result used to raise IndexError there while a Run returned None)."""

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import ModelConfig
+from lmlab.config import ModelConfig, TrainConfig
 from lmlab.data import CharTokenizer
+from lmlab.experiments import run_experiment
 from lmlab.model import Transformer
 from lmlab.rl import (
     PolicyGradientConfig,
@@ -17,8 +18,11 @@ from lmlab.rl import (
     kl_shaped_reward,
     leave_one_out_baseline,
     letter_free_reward,
+    letter_free_run,
+    policy_report,
     reinforce_finetune,
     reinforce_loss,
+    sampled_batches,
     sequence_logprob,
 )
 
@@ -140,3 +144,56 @@ def test_config_validation():
         PolicyGradientConfig(batch=1)
     with pytest.raises(ValueError, match="length="):
         PolicyGradientConfig(length=0)
+
+
+def test_reinforce_surrogate_gradient_by_hand_on_a_two_token_policy():
+    # pi = softmax(theta) at theta = 0: p = (1/2, 1/2); grad log pi(a) = onehot(a) - p.
+    # Batch a = (0, 1, 1), R = (1, 3, 3): leave-one-out b = (3, 2, 2), R - b = (-2, 1, 1);
+    # grad E[R] estimate = (1/3) sum_i (R_i - b_i) grad log pi(a_i)
+    #                    = (1/3) [-2 (1/2, -1/2) + 2 (-1/2, 1/2)] = (-2/3, 2/3).
+    theta = torch.zeros(2, requires_grad=True)
+    actions = torch.tensor([0, 1, 1])
+    reward = torch.tensor([1.0, 3.0, 3.0])
+    loss = reinforce_loss(F.log_softmax(theta, -1)[actions], reward,
+                          leave_one_out_baseline(reward))
+    (grad,) = torch.autograd.grad(loss, theta)  # the surrogate's gradient is -grad E[R]
+    torch.testing.assert_close(grad, torch.tensor([2 / 3, -2 / 3]))
+    # without the baseline: (1/3) [1 (1/2, -1/2) + 6 (-1/2, 1/2)] = (-5/6, 5/6)
+    (plain,) = torch.autograd.grad(reinforce_loss(F.log_softmax(theta, -1)[actions], reward),
+                                   theta)
+    torch.testing.assert_close(plain, torch.tensor([5 / 6, -5 / 6]))
+
+
+def test_policy_report_scores_samples_under_the_reference():
+    tokenizer = CharTokenizer.from_text("abe \n")
+    model = tiny_lm(vocab=tokenizer.vocab_size, block=24).eval()
+    config = PolicyGradientConfig(prompt="\n", length=6, batch=4)
+    report = policy_report(model, model, tokenizer, letter_free_reward, config, n=5, seed=3)
+    assert len(report["texts"]) == 5 and all(len(t) == 6 for t in report["texts"])
+    torch.testing.assert_close(torch.tensor(report["reward"]),
+                               letter_free_reward(report["texts"]).mean())
+    prompt, (completion,), _ = sampled_batches(model, tokenizer, letter_free_reward,
+                                               PolicyGradientConfig(prompt="\n", length=6,
+                                                                    batch=5), 1, seed=3)
+    assert [tokenizer.decode(r.tolist()) for r in completion] == report["texts"]  # same draws
+    with torch.no_grad():
+        ref = sequence_logprob(model, prompt, completion, tokenizer.n_chars)
+    assert report["ref_logprob_per_char"] == pytest.approx(float(ref.mean()) / 6, rel=1e-6)
+
+
+def test_letter_free_run_is_cached_and_raises_the_reward(tiny_corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    tok = tiny_corpus.tokenizer
+    mc = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, d_model=16)
+    tc = TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=10,
+                     eval_batches=1, progress=False, device="cpu")
+    base = run_experiment(mc, tc, tiny_corpus, keep_model=True)
+    config = PolicyGradientConfig(prompt="t", length=10, batch=16, steps=25, lr=3e-3, beta=0.0)
+    first = letter_free_run(base, tok, config, n_report=8)
+    again = letter_free_run(base, tok, config, n_report=8)
+    assert first == again  # read back whole from the cache
+    assert first["after"]["reward"] > first["before"]["reward"]
+    other = letter_free_run(base, tok, config, letter="o", n_report=8)
+    assert other["history"] != first["history"]  # the letter is part of the key
+    with pytest.raises(ValueError, match="one letter"):
+        letter_free_run(base, tok, config, letter="ee")
