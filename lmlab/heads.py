@@ -3,15 +3,18 @@ features, and a short fine-tune of the whole model with a classification head.
 
     pooled  = h[:, 0]                                   ("cls": the first position)
             = sum_t m_t h_t / sum_t m_t                 ("mean": over real tokens, m = key padding)
+            = h[:, p]                                   (an int p: the state at position p)
     logits  = W pooled + b                              (one linear layer, W: (K, C))
 
 A linear probe trains only (W, b) on frozen features: it measures what the pretrained features
 already make linearly readable. A fine-tune trains (W, b) and every weight of the model.
+:func:`mean_interval` gives the Student-t confidence interval used to compare probes across seeds.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +49,15 @@ def bidirectional_mask(key_padding: torch.Tensor) -> torch.Tensor:
     return key_padding[:, None, None, :].expand(-1, 1, t, -1)  # (B, 1, T, T)
 
 
-def pool(h: torch.Tensor, key_padding: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """(B, T, C) hidden states -> (B, C): ``cls`` takes h[:, 0]; ``mean`` averages real tokens."""
+def pool(h: torch.Tensor, key_padding: torch.Tensor, how: str | int = "mean") -> torch.Tensor:
+    """(B, T, C) hidden states -> (B, C): ``cls`` takes h[:, 0]; ``mean`` averages real tokens;
+    an int p takes h[:, p], the state at one position (0 <= p < T)."""
+    if isinstance(how, int) and not isinstance(how, bool):
+        if not 0 <= how < h.size(1):
+            raise ValueError(f"pooling={how} is invalid: a position must lie in [0, {h.size(1)}).")
+        return h[:, how]
     if how not in POOLINGS:
-        raise ValueError(f"pooling={how!r} is invalid: expected one of {POOLINGS}.")
+        raise ValueError(f"pooling={how!r} is invalid: expected one of {POOLINGS} or a position.")
     if how == "cls":
         return h[:, 0]
     m = key_padding.to(h.dtype)[..., None]  # (B, T, 1)
@@ -57,7 +65,7 @@ def pool(h: torch.Tensor, key_padding: torch.Tensor, how: str = "mean") -> torch
 
 
 def encode(model: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, *,
-           bidirectional: bool = False, pooling: str = "mean") -> torch.Tensor:
+           bidirectional: bool = False, pooling: str | int = "mean") -> torch.Tensor:
     """Pooled features (B, C) of ``model`` for ids (B, T). ``bidirectional=True`` overrides a causal
     model's mask with :func:`bidirectional_mask` (how a prefix LM reads its input)."""
     mask = bidirectional_mask(key_padding) if bidirectional else None
@@ -67,7 +75,7 @@ def encode(model: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, *,
 
 @torch.no_grad()
 def frozen_features(model: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, *,
-                    bidirectional: bool = False, pooling: str = "mean",
+                    bidirectional: bool = False, pooling: str | int = "mean",
                     batch_size: int = 256) -> torch.Tensor:
     """Features (N, C) of a frozen model in eval mode, computed in batches on the model's device."""
     device = next(model.parameters()).device
@@ -120,6 +128,47 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, n_classes: int, *
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of rows whose argmax equals the label."""
     return float((logits.argmax(-1) == labels).float().mean())
+
+
+@torch.no_grad()
+def example_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row, -log softmax(logits)[label] in nats: logits (N, K) -> (N,)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The p-quantile (0.5 < p < 1) of Student's t with df degrees of freedom: the x > 0 with
+    1/2 + integral_0^x f(u) du = p, f(u) = Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2))
+    (1 + u^2/df)^(-(df+1)/2); the integral by Simpson's rule on [0, x] (2,000 intervals), the
+    root by bisection. The tests check it against tabulated quantiles to 4 decimals."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1; got p={p}, df={df}.")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf_above_half(x: float, n: int = 2000) -> float:  # integral_0^x f, Simpson, n even
+        h = x / n
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while 0.5 + cdf_above_half(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 + cdf_above_half(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t confidence interval for the mean of n >= 2 values:
+    mean +- t_{(1+level)/2, n-1} s / sqrt(n), s the sample standard deviation."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n < 2:
+        raise ValueError(f"an interval needs at least 2 values, got {n}.")
+    mean = sum(xs) / n
+    s = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, student_t_quantile((1 + level) / 2, n - 1) * s / math.sqrt(n)
 
 
 class SequenceClassifier(nn.Module):

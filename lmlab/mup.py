@@ -137,33 +137,42 @@ def mup_builder(base_d_model: int, **kwargs) -> Builder:
     return Builder(name, build)
 
 
-def best_lr(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """The learning rate minimizing a parabola through the lowest loss and its two neighbours,
-    in log(lr) (a grid's best point, refined between grid points):
+def best_lr(lrs: Sequence[float], losses: Sequence[float], span_octaves: float = 2.0) -> float:
+    """The learning rate at the minimum of a parabola in log(lr) fitted, by least squares, to the
+    lowest loss and every grid point within ``span_octaves`` octaves of it (at least its two
+    neighbours): a grid's best point, refined between grid points:
 
-        i = argmin losses;  fit loss = a u^2 + b u + c at u = log lr_{i-1}, log lr_i, log lr_{i+1}
-        best = exp(clamp(-b / (2 a), log lr_{i-1}, log lr_{i+1}))
+        i = argmin losses;  W = {j : |log2 lr_j - log2 lr_i| <= span_octaves} (finite losses)
+        fit loss = a u^2 + b u + c over u = log lr_j, j in W (least squares)
+        best = exp(clamp(-b / (2 a), min u, max u))
 
-    At the edge of the grid (or with a non-convex triple) the grid's best lr is returned.
-    ``lrs`` must be increasing; non-finite losses (diverged runs) count as +inf."""
+    The window is a fixed range of log(lr), not a number of points, so a fine grid averages over
+    more points: where the basin is flat (losses a few thousandths apart over two octaves, as a
+    muP sweep has), three points locate its noise, a wider fit its centre. On a grid coarser than
+    ``span_octaves`` the window is the three points around the minimum, where the parabola is
+    exact. At the edge of the grid, with a diverged neighbour or a non-convex fit, the grid's
+    best lr is returned. ``lrs`` must be increasing; non-finite losses count as +inf."""
     if len(lrs) != len(losses) or len(lrs) < 1:
         raise ValueError(f"need as many losses as lrs (got {len(lrs)} lrs, {len(losses)} losses).")
     if any(b <= a for a, b in zip(lrs[:-1], lrs[1:], strict=True)) or lrs[0] <= 0:
         raise ValueError(f"lrs={list(lrs)} must be positive and increasing.")
+    if not span_octaves > 0:
+        raise ValueError(f"span_octaves={span_octaves!r} must be positive.")
     vals = [v if math.isfinite(v) else math.inf for v in losses]
     i = min(range(len(vals)), key=vals.__getitem__)
     if i == 0 or i == len(vals) - 1 or not math.isfinite(vals[i - 1] + vals[i + 1]):
         return float(lrs[i])
-    u = [math.log(lrs[j]) for j in (i - 1, i, i + 1)]
-    y = [vals[j] for j in (i - 1, i, i + 1)]
-    # divided differences: a = second difference, b from the first
-    d1 = (y[1] - y[0]) / (u[1] - u[0])
-    d2 = (y[2] - y[1]) / (u[2] - u[1])
-    a = (d2 - d1) / (u[2] - u[0])
+    octaves = [math.log2(lr / lrs[i]) for lr in lrs]
+    window = [j for j in range(len(lrs)) if math.isfinite(vals[j])
+              and (abs(octaves[j]) <= span_octaves * (1 + 1e-9) or abs(j - i) == 1)]
+    u = torch.tensor([math.log(lrs[j]) for j in window], dtype=torch.float64)  # (n,)
+    y = torch.tensor([vals[j] for j in window], dtype=torch.float64)  # (n,)
+    design = torch.stack([u * u, u, torch.ones_like(u)], dim=1)  # (n, 3)
+    a, b, _ = torch.linalg.lstsq(design, y[:, None]).solution[:, 0].tolist()
     if a <= 0:
         return float(lrs[i])
-    b = d1 - a * (u[0] + u[1])
-    return float(math.exp(min(max(-b / (2 * a), u[0]), u[2])))
+    lo, hi = math.log(lrs[window[0]]), math.log(lrs[window[-1]])
+    return float(math.exp(min(max(-b / (2 * a), lo), hi)))
 
 
 def coordinate_check(make_model: Callable[[int], nn.Module], widths: Sequence[int],

@@ -14,8 +14,10 @@ speaker's name and a colon (``ROMEO:``) followed by the lines spoken. From that:
 * :func:`line_pair_bank` -> the same pairs read straight from a token-id tensor, so that the
   ``mlm_nsp`` / ``mlm_sop`` objectives train on whole lines (the junction is a line break, never
   a cut through a word) and draw a batch of NSP or SOP pairs in one gather;
-* :func:`speaker_dataset` -> the downstream probe: which of the K most frequent speakers says a
-  given speech (balanced classes, so chance is exactly 1 / K).
+* :func:`speaker_dataset` -> a downstream probe: which of the K most frequent speakers says a
+  given speech (balanced classes, so chance is exactly 1 / K);
+* :func:`hidden_char_windows` -> the probe chapter 2 compares objectives on: windows of text with
+  one character hidden behind [MASK], labelled with that character.
 """
 
 from __future__ import annotations
@@ -343,3 +345,29 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
             labels[row] = label
             row += 1
     return SpeakerData(ids, ids != tokenizer.pad_id, labels, names)
+
+
+def hidden_char_windows(ids: torch.Tensor, tokenizer, n: int, t: int, position: int,
+                        generator: torch.Generator | None = None,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """n windows of t tokens drawn uniformly from the 1-D id text ``ids`` (N,), each with the
+    token at ``position`` replaced by [MASK]: inputs (n, t) and labels (n,), the hidden tokens.
+
+    A probe that reads a frozen model's hidden state next to the gap and names the hidden
+    character measures how much of the text's structure pretraining made linearly readable;
+    with the gap inside the window, a bidirectional model can use the context on both sides.
+    """
+    if ids.dim() != 1:
+        raise ValueError("hidden_char_windows takes a 1-D id tensor, got shape "
+                         f"{tuple(ids.shape)}.")
+    if not 0 <= position < t:
+        raise ValueError(f"position={position} is invalid: expected 0 <= position < t={t}.")
+    if len(ids) < t or n < 1:
+        raise ValueError(f"need n >= 1 windows of t={t} from a text of at least t tokens; got "
+                         f"n={n} and a text of {len(ids)}.")
+    starts = torch.randint(0, len(ids) - t + 1, (n,), generator=generator,
+                           device=generator_device(generator)).to(ids.device)  # (n,)
+    windows = ids[starts[:, None] + torch.arange(t, device=ids.device)]  # (n, t)
+    labels = windows[:, position].clone()  # (n,)
+    windows[:, position] = tokenizer.mask_id
+    return windows, labels

@@ -42,6 +42,25 @@ def test_per_channel_is_finer_when_one_row_is_large():
     assert errors["channel"] < errors["tensor"] / 5
 
 
+def test_quantized_copy_reports_the_rounding_error_of_every_block_weight():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, d_model=16))
+    with torch.no_grad():
+        model.blocks[0].mlp.fc.weight[3] *= 40  # one outlier row: the per-tensor grid coarsens
+    report = {}
+    for g in Q.GRANULARITIES:
+        quantized, report[g] = Q.quantized_copy(model, g)
+        errors = [(dict(quantized.named_modules())[name].weight - lin.weight).flatten().double()
+                  for name, lin in Q.block_linears(model)]
+        e = torch.cat(errors)  # by hand, over every block Linear weight
+        assert report[g]["max_error"] == pytest.approx(float(e.abs().max()), rel=1e-12)
+        assert report[g]["rms_error"] == pytest.approx(float(e.pow(2).mean().sqrt()), rel=1e-9)
+    # the worst error sits in the outlier row, whose scale both granularities share; the RMS
+    # error averages over every row and tells them apart
+    assert report["channel"]["max_error"] <= report["tensor"]["max_error"]
+    assert report["channel"]["rms_error"] < report["tensor"]["rms_error"] / 2
+
+
 def test_magnitude_masks():
     w = torch.tensor([[0.1, -3.0, 0.2], [4.0, 0.05, -1.0], [0.3, 0.3, 0.3]])
     keep = Q.magnitude_mask(w, 1 / 3, "unstructured")  # prune the 3 smallest |w|

@@ -8,10 +8,13 @@ from lmlab.heads import (
     accuracy,
     bidirectional_mask,
     classifier_accuracy,
+    example_losses,
     fine_tune,
     frozen_features,
     linear_probe,
+    mean_interval,
     pool,
+    student_t_quantile,
     transformer_with_pair_head,
 )
 
@@ -29,6 +32,15 @@ def test_pool_hand_computed():
     assert pool(h, kp, "mean").tolist() == [[2.0, 3.0, 4.0, 5.0]]  # mean of rows 0 and 1
     with pytest.raises(ValueError, match="pooling"):
         pool(h, kp, "max")
+
+
+def test_pool_at_a_position_takes_that_state_and_refuses_one_outside():
+    h = torch.arange(24.0).view(2, 3, 4)  # (B, T, C)
+    kp = torch.ones(2, 3, dtype=torch.bool)
+    assert pool(h, kp, 1).tolist() == [[4.0, 5.0, 6.0, 7.0], [16.0, 17.0, 18.0, 19.0]]
+    for bad in (3, -1):
+        with pytest.raises(ValueError, match="position"):
+            pool(h, kp, bad)
 
 
 def test_bidirectional_mask_hides_only_padding():
@@ -57,6 +69,55 @@ def test_frozen_features_match_hidden_mean_and_leave_model_mode():
     assert model.training
     model.eval()
     torch.testing.assert_close(feats, model.hidden(ids).mean(1), rtol=0, atol=1e-6)
+
+
+def test_frozen_features_at_a_position_match_the_hidden_state_there():
+    torch.manual_seed(0)
+    model = Transformer(tiny()).eval()
+    ids = torch.randint(0, 12, (5, 8))
+    kp = torch.ones(5, 8, dtype=torch.bool)
+    feats = frozen_features(model, ids, kp, pooling=3, batch_size=2)  # (5, C)
+    torch.testing.assert_close(feats, model.hidden(ids)[:, 3], rtol=0, atol=1e-6)
+    # a causal read at position 3 cannot see position 4; a bidirectional one can
+    changed = ids.clone()
+    changed[:, 4] = (changed[:, 4] + 1) % 12
+    assert torch.equal(frozen_features(model, changed, kp, pooling=3), feats)
+    assert not torch.allclose(frozen_features(model, changed, kp, pooling=3, bidirectional=True),
+                              frozen_features(model, ids, kp, pooling=3, bidirectional=True))
+
+
+def test_example_losses_are_each_rows_negative_log_probability():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 5, generator=g), torch.tensor([0, 4, 2, 2, 1, 3])
+    by_hand = -torch.log_softmax(logits, -1)[torch.arange(6), labels]  # (6,)
+    torch.testing.assert_close(example_losses(logits, labels), by_hand)
+    assert example_losses(logits, labels).mean().item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize(("p", "df", "table"), [
+    (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 4, 2.7764), (0.975, 9, 2.2622),
+    (0.975, 30, 2.0423), (0.95, 10, 1.8125), (0.995, 3, 5.8409), (0.999, 1, 318.3088),
+])
+def test_student_t_quantile_matches_the_table(p, df, table):
+    # tabulated quantiles of Student's t (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+    assert student_t_quantile(p, df) == pytest.approx(table, abs=1e-4 * max(1.0, table / 10))
+
+
+def test_student_t_quantile_tends_to_the_normal_and_refuses_bad_arguments():
+    assert student_t_quantile(0.975, 100_000) == pytest.approx(1.95996, abs=1e-4)
+    for p, df in ((0.5, 3), (1.0, 3), (0.975, 0)):
+        with pytest.raises(ValueError):
+            student_t_quantile(p, df)
+
+
+def test_mean_interval_hand_computed():
+    mean, half = mean_interval([1.0, 2.0, 3.0])  # s = 1, n = 3, t_{0.975, 2} = 4.3027
+    assert mean == 2.0 and half == pytest.approx(4.3027 / 3**0.5, abs=1e-4)
+    mean, half = mean_interval([0.1, 0.3], level=0.9)  # s = 0.1414, t_{0.95, 1} = 6.3138
+    assert mean == pytest.approx(0.2) and half == pytest.approx(6.3138 * 0.1, abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval([1.0])
 
 
 def test_fine_tune_learns_a_token_presence_task_and_keeps_the_body():

@@ -82,6 +82,27 @@ def test_best_lr_refines_between_grid_points():
         M.best_lr([1e-2, 1e-3], [1.0, 2.0])
 
 
+def test_best_lr_fits_a_fixed_range_of_log_lr_not_three_points():
+    # a parabola in log2 lr with its minimum at 2^-6, sampled on an octave grid: every window
+    # size recovers it exactly
+    lrs = [2.0**k for k in range(-10, -3)]  # 2^-10 .. 2^-4
+    exact = [(math.log2(lr) + 6.0) ** 2 / 10 for lr in lrs]
+    assert M.best_lr(lrs, exact) == pytest.approx(2.0**-6, rel=1e-9)
+    # a flat basin with one low point off centre (a muP sweep at width 128, seed 1: losses 2.500,
+    # 2.496, 2.495 over 8e-3 .. 3.2e-2): three points put the optimum near the low point, 2.27e-2;
+    # the two-octave fit moves it towards the centre of the basin, 1.51e-2 (values from this fit)
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
+    basin = [2.939, 2.664, 2.534, 2.500, 2.496, 2.495, 2.808]
+    assert M.best_lr(lrs, basin, span_octaves=1.0) == pytest.approx(2.27e-2, rel=0.01)
+    assert M.best_lr(lrs, basin) == pytest.approx(1.51e-2, rel=0.01)
+    # on a grid coarser than two octaves the window is the three points around the minimum
+    coarse = [1e-3, 1e-2, 1e-1, 1.0]
+    losses = [(math.log10(lr) + 1.7) ** 2 for lr in coarse[:3]] + [9.0]
+    assert M.best_lr(coarse, losses) == pytest.approx(10**-1.7, rel=1e-9)
+    with pytest.raises(ValueError, match="span_octaves"):
+        M.best_lr(lrs, basin, span_octaves=0)
+
+
 def test_coordinate_check_is_flat_under_mup_and_grows_under_sp():
     torch.manual_seed(0)
     x = torch.randint(0, V, (4, 8))

@@ -6,6 +6,7 @@ import torch
 from lmlab.data import CharTokenizer
 from lmlab.pairs import (
     encode_pairs,
+    hidden_char_windows,
     line_pair_bank,
     line_pairs,
     nsp_examples,
@@ -120,3 +121,20 @@ def test_junction_bigram_accuracy_hand_computed():
     test = torch.tensor([pair("a", "b"), pair("b", "a"), pair("b", "b"), pair("a", "b")])
     test_labels = torch.tensor([1, 0, 0, 0])  # right, right, unseen -> 1: wrong, wrong
     assert junction_bigram_accuracy(train, train_labels, test, test_labels, 1) == 0.5
+
+
+def test_hidden_char_windows_hide_one_character_of_real_text():
+    text = torch.tensor(TOK.encode(PLAY))  # (N,)
+    g = torch.Generator().manual_seed(0)
+    inputs, labels = hidden_char_windows(text, TOK, 50, 12, 5, g)
+    assert inputs.shape == (50, 12) and labels.shape == (50,)
+    assert (inputs[:, 5] == TOK.mask_id).all() and not TOK.is_special(labels).any()
+    plain = TOK.decode(text)
+    for row, label in zip(inputs, labels, strict=True):
+        window = TOK.decode(torch.cat([row[:5], label[None], row[6:]]))
+        assert window in plain  # the window is a piece of the text, its gap filled back
+        assert (row[torch.arange(12) != 5] != TOK.mask_id).all()  # one gap only
+    for bad in ({"position": 12}, {"position": -1}, {"n": 0}):
+        kwargs = {"n": 4, "t": 12, "position": 5} | bad
+        with pytest.raises(ValueError):
+            hidden_char_windows(text, TOK, generator=g, **kwargs)

@@ -126,3 +126,28 @@ def test_book_build_sets_the_static_book_variable():
     source = (Path(__file__).resolve().parents[1] / "book" / "build.py").read_text("utf-8")
     assert f'STATIC_BOOK_ENV = "{STATIC_BOOK_ENV}"' in source
     assert "os.environ[STATIC_BOOK_ENV] = \"1\"" in source
+
+
+def test_previews_are_throttled_and_a_failed_setting_restores_the_last_figure(monkeypatch):
+    import lmlab.widgets as widgets
+
+    clock = [100.0]
+    monkeypatch.setattr(widgets.time, "perf_counter", lambda: clock[0])
+
+    def draw(fig, progress, x):
+        for step in range(5):  # five steps 0.4 s apart, a preview offered at each
+            progress(step / 5, f"step {step}",
+                     preview=lambda f, s=step: f.add_subplot().plot([0, s]))
+            clock[0] += 0.4
+        if x == "bad":
+            raise ValueError("diverged")
+        fig.add_subplot().plot([1, 2])
+
+    e = Explorer({"x": W.Dropdown(options=["ok", "bad"])}, draw)
+    # steps at 0, 0.4, ..., 1.6 s: the first preview at once, the next 1 s later at the earliest
+    # (PREVIEW_INTERVAL_S), so at 0 and 1.2 s
+    assert widgets.PREVIEW_INTERVAL_S == 1.0 and e.previews == 2
+    png = e.view.image.value
+    e.set(x="bad")
+    assert e.previews == 4 and isinstance(e.error, ValueError)
+    assert e.view.image.value == png  # not the last preview of the failed setting

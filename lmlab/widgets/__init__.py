@@ -168,23 +168,51 @@ class FigureView:
         self.image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.image.add_class("lmlab-figure")
         self.renders = 0
+        self.shown = self.figure  # the figure whose PNG the Image shows
+        self._scratch: Figure | None = None
 
-    def png(self) -> bytes:
+    def png(self, figure: Figure | None = None) -> bytes:
         buf = io.BytesIO()
-        self.figure.savefig(buf, format="png")
+        (figure or self.figure).savefig(buf, format="png")
         return buf.getvalue()
 
     def redraw(self, draw: Callable[[Figure], None]) -> None:
         """Clear the figure, let ``draw(figure)`` fill it, push the new PNG to the Image."""
         self.figure.clear()
         draw(self.figure)
+        self.shown = self.figure  # before the Image changes: its observers may read it
         self.image.value = self.png()
         self.renders += 1
+
+    def preview(self, draw: Callable[[Figure], None]) -> None:
+        """Show ``draw(scratch)`` drawn on a scratch figure of the same size, leaving
+        :attr:`figure` to the redraw in progress (which is still filling it)."""
+        if self._scratch is None:
+            self._scratch = Figure(figsize=self.figure.get_size_inches(), dpi=self.figure.dpi,
+                                   layout="constrained")
+            FigureCanvasAgg(self._scratch)
+        self._scratch.clear()
+        draw(self._scratch)
+        self.shown = self._scratch
+        self.image.value = self.png(self._scratch)
+
+
+PREVIEW_INTERVAL_S = 1.0
+"""Least wall time between two previews of a figure while its run trains (the first is drawn
+at once); a preview also waits at least ``PREVIEW_COST_RATIO`` times as long as the last one
+took to draw, so drawing never takes more than about a tenth of the training's time."""
+PREVIEW_COST_RATIO = 9.0
 
 
 class Explorer:
     """Controls + one figure. ``draw(figure, progress, **values)`` is called with the controls'
     current values whenever one changes; ``progress(fraction, text)`` updates the status line.
+
+    A setting that trains shows its figure while it trains: the draw function passes
+    ``progress(fraction, text, preview=fn)`` from the training callback, where ``fn(figure)``
+    draws the figure from the rows so far. The explorer draws the first preview at once, then at
+    most one per :data:`PREVIEW_INTERVAL_S` (``preview_interval``); ``previews`` counts them. A
+    setting that fails puts the last complete figure back.
 
     ``explorer.set(name=value, ...)`` changes controls from code (tests do this); ``.widget`` is
     the root VBox; displaying the explorer displays it. ``history`` (a :class:`History` the draw
@@ -197,6 +225,9 @@ class Explorer:
                  history: History | None = None):
         self.controls = dict(controls)
         self._draw = draw
+        self.preview_interval = PREVIEW_INTERVAL_S
+        self.previews = 0
+        self._next_preview = 0.0  # perf_counter time from which the next preview may be drawn
         self.history = history if history is not None else History()
         note = static_note() if note is None else note
         self.view = FigureView(figsize)
@@ -225,15 +256,27 @@ class Explorer:
     def figure(self) -> Figure:
         return self.view.figure
 
-    def progress(self, fraction: float, text: str = "") -> None:
+    def progress(self, fraction: float, text: str = "",
+                 preview: Callable[[Figure], None] | None = None) -> None:
+        """Move the progress bar to ``fraction`` with status ``text``; when ``preview`` is given
+        and one is due, redraw the figure with ``preview(figure)`` (the run so far)."""
         self.bar.layout.visibility = "visible"
         self.bar.value = min(1.0, max(0.0, fraction))
         if text:
             self.status.value = text
+        if preview is not None and time.perf_counter() >= self._next_preview:
+            start = time.perf_counter()
+            self.view.preview(preview)
+            self.previews += 1
+            now = time.perf_counter()
+            self._next_preview = now + max(self.preview_interval,
+                                           PREVIEW_COST_RATIO * (now - start))
 
     def update(self) -> None:
         start = time.perf_counter()
         self.error = None
+        self._next_preview = 0.0  # the first preview of a new setting is drawn at once
+        shown = self.view.image.value
         try:
             self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
             self.history.commit()
@@ -241,6 +284,7 @@ class Explorer:
         except Exception as err:  # shown to the learner; the previous figure stays up
             self.history.discard()
             self.error = err
+            self.view.image.value = shown  # a preview may have replaced it
             self.status.value = f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
         finally:
             self.bar.layout.visibility = "hidden"
@@ -267,6 +311,21 @@ class Explorer:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/plain"] = f"{type(self).__name__} with controls {list(self.controls)}"
         return bundle
+
+
+def live_callback(progress: Callable, steps: int, describe: Callable[[dict], str],
+                  plot: Callable[[Figure, list[dict]], None]) -> Callable[[dict], None]:
+    """A ``train(..., callback=...)`` for an explorer's draw function: it keeps the history rows
+    so far, moves the progress bar to step / ``steps`` with status ``describe(row)``, and offers
+    ``plot(figure, rows)`` as the preview (:meth:`Explorer.progress` draws it when one is due), so
+    the figure grows while the run trains."""
+    rows: list[dict] = []
+
+    def on_row(row: dict) -> None:
+        rows.append(row)
+        progress(row["step"] / steps, describe(row), preview=lambda figure: plot(figure, rows))
+
+    return on_row
 
 
 class LiveLossPlot:

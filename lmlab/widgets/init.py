@@ -22,7 +22,7 @@ from ..experiments import run_experiment
 from ..objectives import clm_loss
 from ..plots import loss_curves, per_layer
 from ..train import TrainingDiverged
-from . import Explorer, History, metric_line
+from . import Explorer, History, live_callback, metric_line
 
 # label -> (scheme, keyword arguments of apply_init)
 WIDGET_SCHEMES: dict[str, tuple[str, dict]] = {
@@ -59,7 +59,7 @@ def model_config(vocab_size: int, depth: int, width: int, block_size: int = 32) 
 def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshakespeare",
                   scheme: str = "Glorot normal", depth: int = 16, width: int = 64,
                   nonlinearity: str = "tanh", depths=(2, 4, 8, 16, 32),
-                  widths=(32, 64, 128, 256), nonlinearities=("tanh", "relu", "linear", "gelu"),
+                  widths=(32, 64, 128), nonlinearities=("tanh", "relu", "linear", "gelu"),
                   block_size: int = 32, probe_batch: int = 16) -> Explorer:
     """An :class:`lmlab.widgets.Explorer` with controls ``scheme`` (a label of
     :data:`WIDGET_SCHEMES`), ``depth``, ``width`` and ``nonlinearity``. Left panel: activation and
@@ -92,6 +92,25 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
     def act_line(ax, data, label, style):
         ax.plot(range(1, len(data["act"]) + 1), data["act"], label=label, **style)
 
+    def plot(fig, scheme, depth, width, nonlinearity, key, act, rows, note="", partial=False):
+        ax_stats, ax_loss = fig.subplots(1, 2)
+        per_layer(ax_stats, {"activation std": act["act"], "gradient std": act["grad"]},
+                  "std over the layer's units", title=f"at initialization ({nonlinearity})")
+        loss_curves(ax_loss, {scheme + note: rows}, "val_loss", train=True, smooth=5,
+                    title=f"depth {depth}, width {width}: training")
+        ax_loss.axhline(math.log(vocab), color="gray", linestyle=":", linewidth=1)
+        ax_loss.set_ylabel("loss (nats/char); dotted: ln V")
+        history.draw_behind(ax_stats, key, act_line)
+        history.draw_behind(ax_loss, key, lambda ax, data, label, style:
+                            metric_line("val_loss")(ax, data["rows"], label, style))
+        ax_stats.set_ylim(*STD_RANGE)
+        history.fix_limits(ax_stats, "std", x=False)
+        if partial:  # the whole run's x range from the first preview on
+            ax_loss.set_xlim(-0.05 * train_config.steps, 1.05 * train_config.steps)
+        history.fix_limits(ax_loss, "loss", ymax=math.log(vocab) + 1.0)
+        ax_stats.legend(fontsize=6)
+        ax_loss.legend(fontsize=6)
+
     def draw(fig, progress, scheme, depth, width, nonlinearity):
         name, kwargs = WIDGET_SCHEMES[scheme]
         cfg = model_config(vocab, depth, width, block_size)
@@ -99,37 +118,23 @@ def init_explorer(train_config: TrainConfig = DEFAULT_TRAIN, *, corpus="tinyshak
         torch.manual_seed(train_config.seed)
         model = builder(cfg)
         stats = probe(model, stack_layers(model.stack), x, lambda logits: clm_loss(logits, y))
-        ax_stats, ax_loss = fig.subplots(1, 2)
-        per_layer(ax_stats, {"activation std": _positive([s.act_std for s in stats.values()]),
-                             "gradient std": _positive([s.grad_std for s in stats.values()])},
-                  "std over the layer's units", title=f"at initialization ({nonlinearity})")
+        act = {"act": _positive([s.act_std for s in stats.values()]),
+               "grad": _positive([s.grad_std for s in stats.values()])}
+        key = (scheme, depth, width, nonlinearity)
         steps = train_config.steps
-
-        def on_row(row):
-            progress(row["step"] / steps, f"training {row['step']}/{steps}")
-
+        on_row = live_callback(
+            progress, steps, lambda row: f"training {row['step']}/{steps}",
+            lambda f, rows: plot(f, scheme, depth, width, nonlinearity, key, act, rows,
+                                 partial=True))
         try:
             history_rows = run_experiment(cfg, train_config, corpus, builder=builder,
                                           callback=on_row).history
             note = ""
         except TrainingDiverged as err:
             history_rows, note = err.history, " (diverged)"
-        loss_curves(ax_loss, {scheme + note: history_rows}, "val_loss", train=True, smooth=5,
-                    title=f"depth {depth}, width {width}: training")
-        ax_loss.axhline(math.log(vocab), color="gray", linestyle=":", linewidth=1)
-        ax_loss.set_ylabel("loss (nats/char); dotted: ln V")
-        key = (scheme, depth, width, nonlinearity)
-        act = _positive([s.act_std for s in stats.values()])
         history.record(key, f"{scheme}, {nonlinearity}, {depth}x{width}",
-                       {"act": act, "rows": history_rows})
-        history.draw_behind(ax_stats, key, act_line)
-        history.draw_behind(ax_loss, key, lambda ax, data, label, style:
-                            metric_line("val_loss")(ax, data["rows"], label, style))
-        ax_stats.set_ylim(*STD_RANGE)
-        history.fix_limits(ax_stats, "std", x=False)
-        history.fix_limits(ax_loss, "loss", ymax=math.log(vocab) + 1.0)
-        ax_stats.legend(fontsize=6)
-        ax_loss.legend(fontsize=6)
+                       {"act": act["act"], "rows": history_rows})
+        plot(fig, scheme, depth, width, nonlinearity, key, act, history_rows, note)
 
     return Explorer(controls, draw, title="Initialization explorer", figsize=(9.5, 3.8),
                     history=history)

@@ -13,7 +13,7 @@ import ipywidgets as W
 from ..config import ModelConfig, TrainConfig
 from ..experiments import objective_run
 from ..objectives import OBJECTIVES, bits_per_char
-from . import Explorer, History, metric_line
+from . import Explorer, History, live_callback, metric_line
 
 
 def loss_label(objective: str) -> str:
@@ -47,25 +47,13 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
     enable_lambda()
     controls["objective"].observe(enable_lambda, names="value")  # before the redraw's observer
 
-    def draw(figure, progress, objective, mask_rate, pair_weight):
-        total = train_config.steps
-
-        def on_step(row):
-            if row["step"] % 10 == 0:
-                progress(row["step"] / total, f"training {objective}: step {row['step']}/{total}")
-
-        result = objective_run(model_config, train_config, objective, mask_rate, pair_weight,
-                               corpus, callback=on_step)
-        ax = figure.add_subplot()
+    def plot(figure, objective, mask_rate, pair_weight, key, rows, partial=False):
         facts = OBJECTIVES[objective]
-        key = (objective, mask_rate if facts.uses_mask_rate else None,
-               pair_weight if facts.pair_head else None)
-        history.record(key, " ".join(f"{k}" for k in key if k is not None), result)
-        rows = [r for r in result.history if r.get("val_loss") is not None]
-        ax.plot([r["tokens"] for r in result.history],
-                [bits_per_char(r["train_loss"]) for r in result.history],
+        ax = figure.add_subplot()
+        evals = [r for r in rows if r.get("val_loss") is not None]
+        ax.plot([r["tokens"] for r in rows], [bits_per_char(r["train_loss"]) for r in rows],
                 color="C0", alpha=0.35, linewidth=1, label="train (per step)")
-        ax.plot([r["tokens"] for r in rows], [bits_per_char(r["val_loss"]) for r in rows],
+        ax.plot([r["tokens"] for r in evals], [bits_per_char(r["val_loss"]) for r in evals],
                 color="C0", marker="o", markersize=3, label="validation")
         history.draw_behind(ax, key, metric_line("val_loss", x="tokens", transform=bits_per_char))
         settings = []
@@ -79,7 +67,23 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
         ax.set_ylabel(loss_label(objective), fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        if partial:  # the whole run's x range from the first preview on
+            total = train_config.steps * train_config.batch_size * model_config.block_size
+            ax.set_xlim(-0.05 * total, 1.05 * total)
         history.fix_limits(ax, "loss", ymax=math.log2(model_config.vocab_size) + 1.0)
+
+    def draw(figure, progress, objective, mask_rate, pair_weight):
+        total = train_config.steps
+        facts = OBJECTIVES[objective]
+        key = (objective, mask_rate if facts.uses_mask_rate else None,
+               pair_weight if facts.pair_head else None)
+        on_step = live_callback(
+            progress, total, lambda row: f"training {objective}: step {row['step']}/{total}",
+            lambda fig, rows: plot(fig, objective, mask_rate, pair_weight, key, rows, True))
+        result = objective_run(model_config, train_config, objective, mask_rate, pair_weight,
+                               corpus, callback=on_step)
+        history.record(key, " ".join(f"{k}" for k in key if k is not None), result)
+        plot(figure, objective, mask_rate, pair_weight, key, result.history)
 
     return Explorer(controls, draw, title="Pretraining objectives", figsize=(7.5, 3.8),
                     history=history)

@@ -16,7 +16,7 @@ from ..data import Corpus
 from ..experiments import run_experiment
 from ..plots import loss_curves
 from ..train import TrainingDiverged
-from . import Explorer, History, metric_line
+from . import Explorer, History, live_callback, metric_line
 
 DEFAULT_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 DEFAULT_CLIPS = (0.0, 0.25, 1.0, 4.0)
@@ -62,32 +62,13 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
 
     history = History(keep=3)
 
-    def draw(fig, progress, optimizer, lr, warmup, schedule, grad_clip):
-        config = train_config.replace(optimizer=optimizer, lr=lr, warmup_steps=warmup,
-                                      schedule=schedule, grad_clip=grad_clip or None)
-        label = f"{optimizer}, lr={lr:g}"
-
-        def on_step(row):
-            progress(row["step"] / config.steps, f"training step {row['step']}/{config.steps}")
-
-        try:
-            rows = run_experiment(model_config, config, corpus, label=label,
-                                  callback=on_step).history
-            title = label
-        except TrainingDiverged as err:
-            rows = err.history
-            title = f"{label}: diverged at step {len(rows) + 1}"
-        key = (optimizer, lr, warmup, schedule, grad_clip)
-        short = (f"{optimizer}, lr={lr:g}, warmup {warmup}, {schedule}, "
-                 f"clip {'off' if not grad_clip else f'{grad_clip:g}'}")
-        history.record(key, short, rows)
+    def plot(fig, key, label, title, grad_clip, rows, partial=False):
         left, right = fig.subplots(1, 2, width_ratios=(3, 2))
         history.draw_behind(left, key, metric_line("val_loss"))
         loss_curves(left, {label: rows}, "val_loss", train=True,
-                    smooth=max(1, config.steps // 50), title=title)
+                    smooth=max(1, train_config.steps // 50), title=title)
         left.set_ylabel("loss (nats/char)")
         left.legend(fontsize=7)
-        history.fix_limits(left, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
         steps = [r["step"] for r in rows]
         right.plot(steps, [r["lr"] for r in rows], color="C0")
         right.set_xlabel("step")
@@ -99,6 +80,30 @@ def optimizer_explorer(model_config: ModelConfig, train_config: TrainConfig,
             norms.axhline(grad_clip, color="C3", linestyle="--", linewidth=0.8)
         norms.set_ylabel("gradient norm (before clipping)", color="C3")
         norms.set_yscale("log")
+        if partial:  # the whole run's x range from the first preview on
+            for ax in (left, right):
+                ax.set_xlim(-0.05 * train_config.steps, 1.05 * train_config.steps)
+        history.fix_limits(left, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
+
+    def draw(fig, progress, optimizer, lr, warmup, schedule, grad_clip):
+        config = train_config.replace(optimizer=optimizer, lr=lr, warmup_steps=warmup,
+                                      schedule=schedule, grad_clip=grad_clip or None)
+        label = f"{optimizer}, lr={lr:g}"
+        key = (optimizer, lr, warmup, schedule, grad_clip)
+        on_step = live_callback(
+            progress, config.steps, lambda row: f"training step {row['step']}/{config.steps}",
+            lambda f, rows: plot(f, key, label, f"{label} (training)", grad_clip, rows, True))
+        try:
+            rows = run_experiment(model_config, config, corpus, label=label,
+                                  callback=on_step).history
+            title = label
+        except TrainingDiverged as err:
+            rows = err.history
+            title = f"{label}: diverged at step {len(rows) + 1}"
+        short = (f"{optimizer}, lr={lr:g}, warmup {warmup}, {schedule}, "
+                 f"clip {'off' if not grad_clip else f'{grad_clip:g}'}")
+        history.record(key, short, rows)
+        plot(fig, key, label, title, grad_clip, rows)
 
     return Explorer(controls, draw, title="Optimizer explorer", figsize=(9.0, 3.8),
                     history=history)

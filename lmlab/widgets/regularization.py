@@ -17,7 +17,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..experiments import regularized_run
 from ..plots import loss_curves
-from . import Explorer, History, metric_line
+from . import Explorer, History, live_callback, metric_line
 
 
 def _slider(description: str, options: Sequence[float], value: float) -> W.SelectionSlider:
@@ -53,32 +53,42 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
     steps = train_config.steps
     history = History(keep=3)
 
-    def draw(figure, progress, dropout, weight_decay, label_smoothing, data_fraction):
-        def report(row):
-            progress(row["step"] / steps, f"training live: step {row['step']} / {steps}")
+    def plot(figure, key, label, rows, partial=False):
+        ax = figure.add_subplot()
+        history.draw_behind(ax, key, metric_line("val_loss"))
+        loss_curves(ax, {"validation": rows}, "val_loss", ylim=ylim)
+        evals = [r for r in rows if r.get("val_loss") is not None]
+        train_losses = [r["eval_train_loss"] for r in evals]
+        marker = "o" if len(evals) < 30 else None
+        ax.plot([r["step"] for r in evals], train_losses, color="C1", marker=marker,
+                markersize=3, label="training (fixed batches)")
+        if evals:
+            best = min(evals, key=lambda r: r["val_loss"])
+            ax.axvline(best["step"], color="0.5", linestyle=":", linewidth=1,
+                       label=f"best validation: {best['val_loss']:.3f} at step {best['step']}")
+            gap = f"{evals[-1]['val_loss'] - train_losses[-1]:.3f}"
+        else:
+            gap = "(no evaluation yet)"
+        ax.set_ylabel("loss (nats/char)")
+        ax.set_title(f"{label}\n{'gap so far' if partial else 'final gap'} (val - train) = {gap}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        if partial:  # the whole run's x range from the first preview on
+            ax.set_xlim(-0.05 * steps, 1.05 * steps)
+        history.fix_limits(ax, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
 
+    def draw(figure, progress, dropout, weight_decay, label_smoothing, data_fraction):
+        key = (dropout, weight_decay, label_smoothing, data_fraction)
+        short = (f"p={dropout:g}, wd={weight_decay:g}, ls={label_smoothing:g}, "
+                 f"data={data_fraction:g}")
+        report = live_callback(
+            progress, steps, lambda row: f"training live: step {row['step']} / {steps}",
+            lambda fig, rows: plot(fig, key, f"{short} (training)", rows, partial=True))
         result = regularized_run(model_config, train_config, corpus, dropout=dropout,
                                  weight_decay=weight_decay, label_smoothing=label_smoothing,
                                  data_fraction=data_fraction, callback=report)
-        key = (dropout, weight_decay, label_smoothing, data_fraction)
-        history.record(key, (f"p={dropout:g}, wd={weight_decay:g}, ls={label_smoothing:g}, "
-                             f"data={data_fraction:g}"), result)
-        ax = figure.add_subplot()
-        history.draw_behind(ax, key, metric_line("val_loss"))
-        loss_curves(ax, {"validation": result}, "val_loss", ylim=ylim)
-        train_steps, train_losses = result.column("eval_train_loss")
-        marker = "o" if len(train_steps) < 30 else None
-        ax.plot(train_steps, train_losses, color="C1", marker=marker, markersize=3,
-                label="training (fixed batches)")
-        steps_val, val = result.column("val_loss")
-        best = min(range(len(val)), key=val.__getitem__)
-        ax.axvline(steps_val[best], color="0.5", linestyle=":", linewidth=1,
-                   label=f"best validation: {val[best]:.3f} at step {steps_val[best]}")
-        ax.set_ylabel("loss (nats/char)")
-        ax.set_title(f"{result.label}\nfinal gap (val - train) = {val[-1] - train_losses[-1]:.3f}",
-                     fontsize=9)
-        ax.legend(fontsize=7)
-        history.fix_limits(ax, "loss", ymax=math.log(model_config.vocab_size) + 1.0)
+        history.record(key, short, result)
+        plot(figure, key, result.label, result.history)
 
     return Explorer(controls, draw, title="Regularization explorer: train vs validation",
                     figsize=(7.5, 4.2), history=history)
