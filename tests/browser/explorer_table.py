@@ -31,6 +31,7 @@ EXPLORERS = [
     ExplorerCase("03_initialization", "Initialization explorer", "scheme", "N(0, 1)"),
     ExplorerCase("04_optimization", "Optimizer explorer", "schedule", "constant"),
     ExplorerCase("05_regularization", "Regularization explorer", "dropout p", "0.2"),
+    ExplorerCase("06_finetuning", "Fine-tuning explorer", "method", "output-layer probe"),
     ExplorerCase("07_distillation_rl", "Distillation and RL explorer", "distillation T", "2"),
     ExplorerCase("08_scaling", "Scaling-law explorer", "tokens D", -1),
 ]
