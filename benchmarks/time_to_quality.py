@@ -72,9 +72,13 @@ RECIPES: dict[str, dict] = {
     "muon_b48_lr8e-3_wsd": variant(PUBLISHED, optimizer="muon", momentum=0.95, batch_size=48,
                                    lr=8e-3, min_lr=0.0, steps=300, warmup_steps=20,
                                    schedule="wsd", decay_fraction=0.3),
+    "muon_b32_lr6e-3_wsd_compile": variant(PUBLISHED, optimizer="muon", momentum=0.95,
+                                           batch_size=32, lr=6e-3, min_lr=0.0, steps=420,
+                                           warmup_steps=30, schedule="wsd", decay_fraction=0.3,
+                                           compile=True),
     "compile": variant(PUBLISHED, compile=True),
 }
-WORKBOOK = "muon_b32_lr3e-3"
+WORKBOOK = "muon_b32_lr6e-3_wsd"
 """The recipe of the quickstart's ``cpu`` profile (notebooks/00_quickstart.ipynb)."""
 
 
