@@ -18,7 +18,8 @@ untied output layer trains: a linear probe for the next character), ``lora``
 (:mod:`lmlab.lora`), ``prompt`` (a soft prompt, :mod:`lmlab.prompts`) and ``scratch`` (the same
 shape, random weights, trained on the speaker alone). ``mix=m`` trains on
 ``(1 - m) * loss_speaker + m * loss_general`` with general windows drawn from the pretraining
-text (replay), a classic remedy for catastrophic forgetting (McCloskey & Cohen, 1989).
+text (replay), rehearsal (Ratcliff 1990; Robins 1995), a remedy for the catastrophic forgetting
+McCloskey & Cohen (1989) described.
 
 Results the chapter and its explorer share are cached as JSON records in the experiment cache
 (:func:`lmlab.experiments.cached_record`), keyed by the base run, the data, the settings, the

@@ -118,9 +118,13 @@ class PolicyGradientConfig:
                 raise ValueError(f"{name}={value!r} is invalid: expected an integer >= 1.")
         if self.baseline == "leave_one_out" and self.batch < 2:
             raise ValueError("baseline='leave_one_out' needs batch >= 2.")
-        if not self.lr > 0 or not self.beta >= 0 or not self.temperature > 0:
-            raise ValueError(f"lr={self.lr!r}, beta={self.beta!r}, temperature="
-                             f"{self.temperature!r}: expected lr > 0, beta >= 0, temperature > 0.")
+        if not self.lr > 0 or not self.beta >= 0:
+            raise ValueError(f"lr={self.lr!r}, beta={self.beta!r}: expected lr > 0, beta >= 0.")
+        if self.temperature != 1.0:
+            # the samples' log-probabilities are scored by the policy at T = 1: samples drawn at
+            # another temperature would make the REINFORCE gradient and the KL estimate biased
+            raise ValueError(f"temperature={self.temperature!r} is invalid: the policy gradient "
+                             "needs samples from the policy itself (temperature=1.0).")
 
 
 def sample_completions(policy: nn.Module, prompt: torch.Tensor, length: int,

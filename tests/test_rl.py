@@ -144,6 +144,11 @@ def test_config_validation():
         PolicyGradientConfig(batch=1)
     with pytest.raises(ValueError, match="length="):
         PolicyGradientConfig(length=0)
+    # samples drawn at T != 1 but scored at T = 1 would bias the gradient and the KL estimate
+    with pytest.raises(ValueError, match="temperature=0.7"):
+        PolicyGradientConfig(temperature=0.7)
+    with pytest.raises(ValueError, match="lr="):
+        PolicyGradientConfig(lr=0.0)
 
 
 def test_reinforce_surrogate_gradient_by_hand_on_a_two_token_policy():
