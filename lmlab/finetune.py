@@ -41,7 +41,7 @@ from torch import nn
 
 from .data import BatchSampler, CharTokenizer, Corpus
 from .experiments import cached_record, code_fingerprint
-from .heads import SequenceClassifier, _check_labels, classifier_accuracy
+from .heads import SequenceClassifier, _check_labels, classifier_accuracy, classifier_step
 from .lora import add_lora, trainable_parameters
 from .model import Transformer
 from .modes import eval_mode
@@ -141,11 +141,7 @@ def fine_tune_classifier(body: Transformer, ids: torch.Tensor, key_padding: torc
         for g in live:  # a group that does not train yet has no gradient: AdamW skips it
             set_trainable(groups[g], step >= starts[g])
         idx = torch.randint(0, len(ids), (batch_size,), generator=gen)  # (b,)
-        logits = model(ids[idx].to(device), key_padding[idx].to(device))  # (b, K)
-        loss = F.cross_entropy(logits.float(), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        classifier_step(model, opt, ids[idx], key_padding[idx], labels[idx])
     set_trainable(model.parameters(), True)
     return model.eval()
 

@@ -208,12 +208,21 @@ def fine_tune(body: Transformer, ids: torch.Tensor, key_padding: torch.Tensor, l
     model.train()
     for _ in range(steps):
         idx = torch.randint(0, len(ids), (batch_size,), generator=g)  # (b,)
-        logits = model(ids[idx].to(device), key_padding[idx].to(device))  # (b, K)
-        loss = F.cross_entropy(logits.float(), labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        classifier_step(model, opt, ids[idx], key_padding[idx], labels[idx])
     return model.eval()
+
+
+def classifier_step(model: SequenceClassifier, opt: torch.optim.Optimizer, ids: torch.Tensor,
+                    key_padding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the mean cross-entropy of a minibatch (ids, key_padding: (b, T);
+    labels: (b,)), moved to the model's device; returns the loss (detached, on the device)."""
+    device = next(model.parameters()).device
+    logits = model(ids.to(device), key_padding.to(device))  # (b, K)
+    loss = F.cross_entropy(logits.float(), labels.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
 
 
 @torch.no_grad()

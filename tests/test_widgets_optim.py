@@ -14,11 +14,16 @@ def left_lines(explorer) -> list:
     return [line.get_ydata().tolist() for line in explorer.figure.axes[0].get_lines()]
 
 
-def test_explorer_redraws_on_lr_and_schedule(tmp_path, monkeypatch, tiny_corpus):
+@pytest.fixture
+def tiny_model(tiny_corpus) -> ModelConfig:
+    """A one-block model over the tiny corpus: an explorer setting trains in well under a second."""
+    return ModelConfig(vocab_size=tiny_corpus.tokenizer.vocab_size, block_size=16, n_layer=1,
+                       n_head=2, d_model=16)
+
+
+def test_explorer_redraws_on_lr_and_schedule(tmp_path, monkeypatch, tiny_corpus, tiny_model):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
-    corpus = tiny_corpus
-    mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
-                     d_model=16)
+    corpus, mc = tiny_corpus, tiny_model
     tc = TrainConfig(steps=20, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=10,
                      eval_batches=2, progress=False)
     explorer = optimizer_explorer(mc, tc, corpus)
@@ -42,12 +47,10 @@ def test_explorer_rejects_defaults_outside_its_options(tiny_corpus):
 
 
 def test_book_moves_optimizer_schedule_and_the_neighbouring_lrs_alone(tmp_path, monkeypatch,
-                                                                      tiny_corpus):
+                                                                      tiny_corpus, tiny_model):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv(STATIC_BOOK_ENV, "1")
-    corpus = tiny_corpus
-    mc = ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2,
-                     d_model=16)
+    corpus, mc = tiny_corpus, tiny_model
     tc = TrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, eval_every=3,
                      eval_batches=1, progress=False)
     explorer = optimizer_explorer(mc, tc, corpus)

@@ -96,6 +96,17 @@ def _switchable(control: W.ValueWidget) -> bool:
 REFERENCE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.2}
 
 
+def value_slider(description: str, options: Sequence[float], value: float) -> W.SelectionSlider:
+    """A ``SelectionSlider`` over the numbers ``options`` (labelled with ``:g``) set to ``value``;
+    a ``value`` that is not among them is refused with the options listed."""
+    options = [float(o) for o in options]
+    if float(value) not in options:
+        raise ValueError(f"{description} default {value!r} is not among the options {options}.")
+    return W.SelectionSlider(options=[(f"{o:g}", o) for o in options], value=float(value),
+                             description=description, continuous_update=False,
+                             style={"description_width": "initial"})
+
+
 @dataclass(frozen=True)
 class Trace:
     """What one setting produced: ``key`` identifies the setting, ``data`` is whatever the

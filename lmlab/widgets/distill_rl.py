@@ -13,23 +13,12 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import ipywidgets as W
-
 from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..distill import distilled_run
 from ..experiments import Result
 from ..rl import PolicyGradientConfig, letter_free_run
-from . import Explorer, History
-
-
-def _slider(description: str, options: Sequence[float], value: float) -> W.SelectionSlider:
-    options = [float(o) for o in options]
-    if float(value) not in options:
-        raise ValueError(f"{description} default {value!r} is not among the options {options}.")
-    return W.SelectionSlider(options=[(f"{o:g}", o) for o in options], value=float(value),
-                             description=description, continuous_update=False,
-                             style={"description_width": "initial"})
+from . import Explorer, History, value_slider
 
 
 def _rows_plot(part: str, metric: str):
@@ -57,9 +46,9 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
     defaults = {"temperature": temperatures[0], "alpha": alphas[-1], "beta": betas[-1],
                 **(defaults or {})}
     controls = {
-        "temperature": _slider("distillation T", temperatures, defaults["temperature"]),
-        "alpha": _slider("alpha (soft weight)", alphas, defaults["alpha"]),
-        "beta": _slider("KL beta (RL)", betas, defaults["beta"]),
+        "temperature": value_slider("distillation T", temperatures, defaults["temperature"]),
+        "alpha": value_slider("alpha (soft weight)", alphas, defaults["alpha"]),
+        "beta": value_slider("KL beta (RL)", betas, defaults["beta"]),
     }
     history = History(keep=3)
     steps = train_config.steps

@@ -11,22 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import ipywidgets as W
-
 from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..experiments import regularized_run
 from ..plots import loss_curves
-from . import Explorer, History, live_callback, metric_line
-
-
-def _slider(description: str, options: Sequence[float], value: float) -> W.SelectionSlider:
-    options = [float(o) for o in options]
-    if float(value) not in options:
-        raise ValueError(f"{description} default {value!r} is not among the options {options}.")
-    return W.SelectionSlider(options=[(f"{o:g}", o) for o in options], value=float(value),
-                             description=description, continuous_update=False,
-                             style={"description_width": "initial"})
+from . import Explorer, History, live_callback, metric_line, value_slider
 
 
 def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig, corpus: Corpus,
@@ -44,11 +33,11 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
                 "label_smoothing": label_smoothings[0], "data_fraction": data_fractions[0],
                 **(defaults or {})}
     controls = {
-        "dropout": _slider("dropout p", dropouts, defaults["dropout"]),
-        "weight_decay": _slider("weight decay", weight_decays, defaults["weight_decay"]),
-        "label_smoothing": _slider("label smoothing", label_smoothings,
+        "dropout": value_slider("dropout p", dropouts, defaults["dropout"]),
+        "weight_decay": value_slider("weight decay", weight_decays, defaults["weight_decay"]),
+        "label_smoothing": value_slider("label smoothing", label_smoothings,
                                    defaults["label_smoothing"]),
-        "data_fraction": _slider("data fraction", data_fractions, defaults["data_fraction"]),
+        "data_fraction": value_slider("data fraction", data_fractions, defaults["data_fraction"]),
     }
     steps = train_config.steps
     history = History(keep=3)
