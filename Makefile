@@ -5,7 +5,8 @@
 #   make book     execute the chapters and build the HTML book (book/_build/html)
 #   make bench    run the training benchmark
 #   make time-to-quality  the published CPU recipe against the quickstart's, to val loss 1.89
-#   make time-notebooks  time every chapter on a cold cache (PROFILE=cpu|ci|gpu, RECORD=1)
+#   make time-notebooks  time every chapter on a cold cache (PROFILE=cpu|ci|gpu, RECORD=1,
+#                 EXPLORERS=1: also every explorer's new settings)
 #   make gpu-check  the CUDA tests, a smoke matrix and GPU benchmarks (exits 0 without a GPU)
 #   make strip    strip outputs from the notebooks before committing
 #   make clean    remove build outputs (keeps .venv)
@@ -48,7 +49,7 @@ timed = rc=$$?; echo "[timing] $(1): $$(( $$(date +%s) - t0 ))s"; exit $$rc
 	strip clean distclean
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------------------------- bootstrap
 $(VPY):
@@ -113,7 +114,8 @@ gpu-check: $(STAMP)
 # asserts passed. RECORD=1 writes it into benchmarks/RESULTS.md and the README.
 PROFILE ?= cpu
 time-notebooks: $(STAMP)
-	$(VPY) tools/time_notebooks.py --profile $(PROFILE) $(if $(RECORD),--record)
+	$(VPY) tools/time_notebooks.py --profile $(PROFILE) $(if $(RECORD),--record) \
+		$(if $(EXPLORERS),--explorers)
 
 # Outputs, execution counts and widget state (nbstripout's defaults), plus what papermill and the
 # book build add to a notebook they executed.

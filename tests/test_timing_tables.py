@@ -82,3 +82,39 @@ def test_table_from_an_earlier_runs_rows(tmp_path, capsys):
         tool.main(["--profile", "ci", "--from-json", str(saved)])
     with pytest.raises(SystemExit, match="every chapter"):  # a partial table is never recorded
         tool.main(["--profile", "cpu", "--from-json", str(saved), "--record"])
+
+
+def test_explorer_timing_cell_times_every_book_setting_but_the_defaults(tmp_path, monkeypatch):
+    """The cell --explorers appends, run in a namespace holding one explorer (as a kernel's
+    globals would): one row per non-default setting, with the first preview's time, the files
+    added to the cache, and the error a setting raised."""
+    import ipywidgets as W
+
+    from lmlab.widgets import Explorer
+
+    tool = load_tool()
+    cache, out = tmp_path / "cache", tmp_path / "times.json"
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache))
+    monkeypatch.setenv(tool.EXPLORER_TIMES_ENV, str(out))
+
+    def draw(fig, progress, x):
+        if x == 3:
+            raise ValueError("x = 3 is refused")
+        progress(0.5, "half", preview=lambda f: f.add_subplot().plot([0, x]))
+        (cache / f"run-{x}.json").write_text("{}")  # what a run that trained leaves behind
+        fig.add_subplot().plot([0, x])
+
+    cache.mkdir()
+    explorer = Explorer({"x": W.Dropdown(options=[1, 2, 3], value=1)}, draw)
+    namespace = {"explorer": explorer, "same_explorer": explorer}
+    exec(tool.EXPLORER_TIMING_CELL, namespace)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["explorer"], r["change"]) for r in rows] == [("explorer", {"x": "2"}),
+                                                          ("explorer", {"x": "3"})]
+    assert rows[0]["new_files"] == 1 and rows[0]["error"] is None
+    assert 0 <= rows[0]["first_figure"] <= rows[0]["seconds"]
+    assert rows[1]["error"] == "ValueError('x = 3 is refused')" and rows[1]["new_files"] == 0
+    table = tool.explorer_table([{"notebook": "05_regularization.ipynb", "explorers": rows}],
+                                "cpu", "cmd")
+    assert "| `05` | explorer | x = 2 |" in table
+    assert "| all | | settings that trained: 1 | max " in table
