@@ -8,10 +8,13 @@ update-to-data ratio of each parameter from the change an optimizer step actuall
 The ratio is measured from the parameters before and after a step, so it is right for any
 optimizer. The shortcut lr * ||g|| / ||theta|| holds for plain SGD only: Adam divides each
 coordinate by its own running RMS, and its first step moves every coordinate by about lr.
+
+    loss at initialization:      ln V + s^2 / 2 + (m - z_y) + O(s^3)   (logits of small spread s)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -121,6 +124,33 @@ def probe(model: nn.Module, modules: Mapping[str, nn.Module], inputs: torch.Tens
         for p, grad in saved.items():
             p.grad = grad
     return rec.stats
+
+
+def initial_loss_expansion(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """The mean cross-entropy of small logits, expanded to second order, term by term.
+
+    For one position with logits z (..., V), their mean m and spread s over the V classes, and the
+    target y, the cross-entropy is
+
+        logsumexp(z) - z_y = ln V + s^2 / 2 + (m - z_y) + r,
+
+    (log-sum-exp expanded around equal logits: ln V + m + log mean exp(z - m), and
+    log mean exp(u) = mean(u^2) / 2 + mean(u^3) / 6 + ... for centred u). Returns the mean over
+    positions of each term: ``ln_v``, ``spread`` (s^2 / 2), ``target`` (m - z_y: near zero unless
+    the logits already favour the targets), ``predicted`` (their sum) and ``remainder_bound``,
+    twice the mean third-order term mean(|u|^3) / 6, which bounds |r| while the logits are small
+    (|u| well under 1). ``logits`` (B, T, V) or (N, V), ``targets`` of the leading shape."""
+    if logits.dim() < 2 or logits.shape[-1] < 2 or targets.shape != logits.shape[:-1]:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}: "
+                         "expected (..., V) with V >= 2 and targets of shape (...).")
+    z = logits.detach().double()  # (..., V)
+    u = z - z.mean(-1, keepdim=True)  # (..., V): centred logits
+    target = (-u.gather(-1, targets[..., None]).squeeze(-1)).mean()  # mean of m - z_y
+    spread = (u.pow(2).mean(-1) / 2).mean()  # mean of s^2 / 2
+    third = (u.abs().pow(3).mean(-1) / 6).mean()
+    ln_v = math.log(logits.shape[-1])
+    return {"ln_v": ln_v, "spread": float(spread), "target": float(target),
+            "predicted": ln_v + float(spread) + float(target), "remainder_bound": 2 * float(third)}
 
 
 def named_weights(model: nn.Module) -> dict[str, nn.Parameter]:

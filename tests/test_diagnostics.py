@@ -153,3 +153,27 @@ def test_training_monitor_as_a_train_callback():
     assert steps == [1, 2, 3] and all(r > 0 for r in ratios)
     assert not torch.equal(w0, model.blocks[0].mlp.fc.weight)
     assert "lm_head.weight" not in D.named_weights(model)  # tied to tok_emb: listed once
+
+
+def test_initial_loss_expansion_matches_cross_entropy_of_small_logits():
+    """Gaussian logits of spread s over V classes, targets with a few logits raised: the mean
+    cross-entropy equals ln V + s^2/2 + (m - z_y) within the returned third-order bound, and the
+    terms are what they say (raising the targets' logits by 0.3 moves the target term by -0.3).
+    The same loss in bits (a units bug) lies far outside the bound."""
+    g = torch.Generator().manual_seed(0)
+    V = 65
+    for s in (0.05, 0.2, 0.4):
+        logits = s * torch.randn(32, 64, V, generator=g)  # (B, T, V)
+        targets = torch.randint(0, V, (32, 64), generator=g)  # (B, T)
+        raised = logits.scatter_add(-1, targets[..., None], torch.full((32, 64, 1), 0.3))
+        for z, shift in ((logits, 0.0), (raised, 0.3)):
+            loss = float(torch.nn.functional.cross_entropy(z.flatten(0, 1), targets.flatten()))
+            terms = D.initial_loss_expansion(z, targets)
+            assert terms["ln_v"] == math.log(V)
+            assert abs(loss - terms["predicted"]) <= terms["remainder_bound"]
+            assert abs(loss / math.log(2) - terms["predicted"]) > 10 * terms["remainder_bound"]
+            # m - z_y: about -shift (the raise also lifts m by shift / V); s^2/2 within 20%
+            assert abs(terms["target"] + shift * (1 - 1 / V)) < 4 * s / math.sqrt(32 * 64)
+            assert abs(terms["spread"] - s * s / 2) < 0.2 * s * s / 2 + shift ** 2 / V
+    with pytest.raises(ValueError, match="expected"):
+        D.initial_loss_expansion(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))
