@@ -35,7 +35,8 @@ BACKENDS = ("naive", "sdpa")
 
 
 def score_bytes(batch: int, heads: int, t: int, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of one (B, H, T, T) score tensor: B * H * T^2 * bytes_per_element."""
+    """Bytes of one (B, H, T, T) score tensor: B * H * T^2 * bytes per element of ``dtype``
+    (4 in float32, 2 in bfloat16)."""
     return batch * heads * t * t * torch.empty((), dtype=dtype).element_size()
 
 

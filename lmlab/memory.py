@@ -96,7 +96,8 @@ def training_memory(config: ModelConfig, batch_size: int, seq_len: int | None = 
                     checkpointing: bool = False) -> dict:
     """The four parts of a fp32 AdamW training step's memory, in bytes (and their ``total``).
 
-    AdamW also keeps a one-float step counter per parameter tensor: a few hundred bytes, left out.
+    AdamW also keeps a one-float step counter per parameter tensor (4 bytes each, 0-dim tensors):
+    a few hundred bytes, left out here; :func:`measure_training_step` sees them.
     """
     n = parameter_count(config)
     parts = {
@@ -114,6 +115,10 @@ class MemoryTracker(TorchDispatchMode):
 
     ``current``: bytes alive now; ``peak``: the most alive after any operator. Outputs that share
     a storage with an input (views, in-place ops) are not new memory and are not counted.
+    ``torch.tensor(data)`` fills its storage outside the dispatcher and only then hands it to
+    ``aten.lift_fresh``, whose output is its input: that storage is counted as new (AdamW's
+    per-tensor ``step`` counters are made this way), unless it borrows memory torch did not
+    allocate (``torch.from_numpy``, ``torch.as_tensor`` of an array: not resizable).
 
         with MemoryTracker() as mem:
             loss = model(x).sum(); loss.backward()
@@ -134,15 +139,17 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._sweep()
         kwargs = kwargs or {}
-        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs))
-                  if isinstance(t, torch.Tensor)}
+        fresh = func is torch.ops.aten.lift_fresh.default  # torch.tensor(data): a new storage
+        inputs = set() if fresh else {t.untyped_storage()._cdata
+                                      for t in tree_leaves((args, kwargs))
+                                      if isinstance(t, torch.Tensor)}
         out = func(*args, **kwargs)
         for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
             key = storage._cdata
-            if key in inputs or key in self._live:
+            if key in inputs or key in self._live or (fresh and not storage.resizable()):
                 continue
             self._live[key] = (StorageWeakRef(storage), storage.nbytes())
             self.current += storage.nbytes()
@@ -162,7 +169,7 @@ class StepMemory:
     parameters: int
     activations: int     # alive after the forward pass, minus the logits the caller holds
     gradients: int       # new after backward, once the activations are freed
-    optimizer_state: int  # new after the first optimizer step
+    optimizer_state: int  # new after the first optimizer step: m, v and the step counters
     peak: int            # the most alive at once over build + forward + backward + step
 
 
