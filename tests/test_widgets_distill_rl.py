@@ -71,3 +71,29 @@ def test_explorer_rejects_a_default_that_is_not_an_option(tmp_path, monkeypatch)
     mc, tc, corpus, teacher, rl = _setup()
     with pytest.raises(ValueError, match="not among the options"):
         distill_rl_explorer(mc, tc, corpus, teacher, teacher, rl, defaults={"beta": 0.3})
+
+
+def test_a_new_setting_draws_its_curves_while_it_trains(tmp_path, monkeypatch):
+    """Previews while the student and the policy train: the figure shows the rows so far (the
+    student's curve before the RL panels have theirs), and the finished figure replaces them."""
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
+    mc, tc, corpus, teacher, rl = _setup()
+    e = distill_rl_explorer(mc, tc, corpus, teacher, teacher, rl, temperatures=(1.0, 4.0),
+                            alphas=(0.0, 0.9), betas=(0.0, 0.5))
+    e.preview_interval = 0.0  # draw every row, however long a preview takes to draw
+    monkeypatch.setattr("lmlab.widgets.PREVIEW_COST_RATIO", 0.0)
+    shown = []
+    draw_preview = e.view.preview
+
+    def record(draw):
+        draw_preview(draw)
+        shown.append([len(ax.lines) for ax in e.view.shown.axes])
+
+    e.view.preview = record
+    e.set(temperature=4.0, beta=0.0)  # a new student and a new policy: both train
+    assert e.error is None
+    assert len(shown) >= tc.steps + rl.steps  # one preview per training row at least
+    # early previews: the student's panel has curves while the reward panel has only the
+    # reference behind it; by the last one the policy's own curve is there as well
+    assert shown[0][1] < shown[-1][1]
+    assert e.view.shown is e.figure  # the finished figure is what the page shows

@@ -53,29 +53,18 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
     history = History(keep=3)
     steps = train_config.steps
 
-    def draw(figure, progress, temperature, alpha, beta):
-        def report_distill(row):
-            progress(row["step"] / steps, f"distilling live: step {row['step']} / {steps}")
-
-        def report_rl(row):
-            progress(row["step"] / rl_config.steps,
-                     f"policy gradient live: step {row['step']} / {rl_config.steps}")
-
-        labels = distilled_run(student_config, train_config, corpus, None, alpha=0.0,
-                               callback=report_distill)
-        student = distilled_run(student_config, train_config, corpus, teacher,
-                                temperature=temperature, alpha=alpha, callback=report_distill)
-        rl = letter_free_run(base, corpus.tokenizer, dataclasses.replace(rl_config, beta=beta),
-                             letter=letter, callback=report_rl)
-        key = (temperature, alpha, beta)
-        history.record(key, f"T={temperature:g}, alpha={alpha:g}, beta={beta:g}",
-                       {"distill": student.history, "rl": rl["history"]})
+    def plot(figure, temperature, alpha, beta, key, labels_rows, student_rows, rl_rows):
+        """The three panels from the rows so far (a preview while a run trains, then the
+        finished figure): labels-only and distilled validation loss, reward, log pi_ref."""
         ax_d, ax_r, ax_l = figure.subplots(1, 3)
-
         history.draw_behind(ax_d, key, _rows_plot("distill", "val_loss"))
-        for run, style in ((labels, {"color": "C1", "linestyle": ":"}), (student, {"color": "C0"})):
-            s, v = run.column("val_loss")
-            ax_d.plot(s, v, marker="o", markersize=3, label=f"{run.label}: {v[-1]:.3f}", **style)
+        for rows, label, style in (
+                (labels_rows, "labels only", {"color": "C1", "linestyle": ":"}),
+                (student_rows, f"T={temperature:g}, alpha={alpha:g}", {"color": "C0"})):
+            points = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+            if points:
+                s, v = zip(*points, strict=True)
+                ax_d.plot(s, v, marker="o", markersize=3, label=f"{label}: {v[-1]:.3f}", **style)
         ax_d.set(xlabel="step", ylabel="validation loss (nats/char)",
                  title=f"student, T={temperature:g}, alpha={alpha:g}")
         ax_d.legend(fontsize=7)
@@ -85,12 +74,40 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
                                  (ax_l, "ref_logprob_per_char",
                                   "log pi_ref per char of the samples")):
             history.draw_behind(ax, key, _rows_plot("rl", metric))
-            rows = rl["history"]
-            ax.plot([r["step"] for r in rows], [r[metric] for r in rows], color="C2",
-                    label=f"beta={beta:g}: {rows[-1][metric]:.3f}")
+            if rl_rows:
+                ax.plot([r["step"] for r in rl_rows], [r[metric] for r in rl_rows], color="C2",
+                        label=f"beta={beta:g}: {rl_rows[-1][metric]:.3f}")
             ax.set(xlabel="policy-gradient step", title=name)
             ax.legend(fontsize=7)
             history.fix_limits(ax, metric)
+
+    def draw(figure, progress, temperature, alpha, beta):
+        key = (temperature, alpha, beta)
+        runs: dict = {"labels": [], "student": [], "rl": []}  # rows of the runs done so far
+
+        def live(part: str, total: int, what: str):
+            """A callback that keeps ``part``'s rows and previews the figure as it grows."""
+            def on_row(row: dict) -> None:
+                runs[part].append(row)
+                progress(row["step"] / total, f"{what} live: step {row['step']} / {total}",
+                         preview=lambda f: plot(f, temperature, alpha, beta, key,
+                                                runs["labels"], runs["student"], runs["rl"]))
+            return on_row
+
+        labels = distilled_run(student_config, train_config, corpus, None, alpha=0.0,
+                               callback=live("labels", steps, "labels-only student"))
+        runs["labels"] = labels.history
+        student = distilled_run(student_config, train_config, corpus, teacher,
+                                temperature=temperature, alpha=alpha,
+                                callback=live("student", steps, "distilling"))
+        runs["student"] = student.history
+        rl = letter_free_run(base, corpus.tokenizer, dataclasses.replace(rl_config, beta=beta),
+                             letter=letter,
+                             callback=live("rl", rl_config.steps, "policy gradient"))
+        history.record(key, f"T={temperature:g}, alpha={alpha:g}, beta={beta:g}",
+                       {"distill": student.history, "rl": rl["history"]})
+        plot(figure, temperature, alpha, beta, key, labels.history, student.history,
+             rl["history"])
 
     return Explorer(controls, draw, title="Distillation and RL explorer",
                     figsize=(11.0, 3.8), history=history)
