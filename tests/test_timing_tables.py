@@ -118,3 +118,8 @@ def test_explorer_timing_cell_times_every_book_setting_but_the_defaults(tmp_path
                                 "cpu", "cmd")
     assert "| `05` | explorer | x = 2 |" in table
     assert "| all | | settings that trained: 1 | max " in table
+    cached = dict(rows[0], new_files=0, seconds=0.2)  # the same setting, read from the cache
+    table = tool.explorer_table([{"notebook": "05_regularization.ipynb",
+                                  "explorers": [cached, cached]}], "cpu", "cmd")
+    assert "| `05` | explorer | 2 settings that trained nothing | at most 0.2 | - | 0 |" in table
+    assert "settings that trained:" not in table

@@ -180,26 +180,39 @@ def table(rows: list[dict], profile: str, command: str) -> str:
 
 
 def explorer_table(rows: list[dict], profile: str, command: str) -> str:
-    """One line per explorer setting timed; the summary line gives the slowest and the median of
-    the settings that trained (the others were read from the cache)."""
+    """One line per explorer setting that trained something; the settings of an explorer that
+    trained nothing (read from the cache, or no training at all) summed up in one line; the last
+    line gives the slowest and the median of the settings that trained."""
     lines = [f"Profile `{profile}`, after each chapter ran on a cold cache, measured "
              f"{dt.date.today().isoformat()} on a {machine()}; command `{command}`. Seconds from "
              "the control's change to the finished figure; *first figure*: to the first figure "
              "drawn while the setting trains; *new files*: files it added to the experiment cache "
-             "(0: read from the cache).", "",
+             "(0: nothing trained).", "",
              "| notebook | explorer | setting | seconds | first figure | new files |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
     trained = []
     for r in rows:
+        by_explorer: dict[str, list[dict]] = {}
         for e in r.get("explorers", []):
-            change = ", ".join(f"{k} = {v}" for k, v in e["change"].items())
-            first = "-" if e["first_figure"] is None else f"{e['first_figure']:.1f}"
-            error = f" (error: {e['error'][:60]})" if e["error"] else ""
             title = re.sub(r"<[^>]+>", "", e["title"]) or e["explorer"]
-            lines.append(f"| `{r['notebook'][:2]}` | {title} | {change}{error} | "
-                         f"{e['seconds']:.1f} | {first} | {e['new_files']} |")
-            if e["new_files"]:
-                trained.append(e["seconds"])
+            by_explorer.setdefault(title, []).append(e)
+        for title, settings in by_explorer.items():
+            idle = []
+            for e in settings:
+                if not e["new_files"] and not e["error"]:
+                    idle.append(e["seconds"])
+                    continue
+                change = ", ".join(f"{k} = {v}" for k, v in e["change"].items())
+                first = "-" if e["first_figure"] is None else f"{e['first_figure']:.2f}"
+                error = f" (error: {e['error'][:60]})" if e["error"] else ""
+                lines.append(f"| `{r['notebook'][:2]}` | {title} | {change}{error} | "
+                             f"{e['seconds']:.1f} | {first} | {e['new_files']} |")
+                if e["new_files"]:
+                    trained.append(e["seconds"])
+            if idle:
+                lines.append(f"| `{r['notebook'][:2]}` | {title} | {len(idle)} "
+                             f"setting{'s' if len(idle) > 1 else ''} that trained nothing | "
+                             f"at most {max(idle):.1f} | - | 0 |")
     if trained:
         trained.sort()
         lines.append(f"| all | | settings that trained: {len(trained)} | max {trained[-1]:.1f}, "
