@@ -16,6 +16,8 @@ speaker's name and a colon (``ROMEO:``) followed by the lines spoken. From that:
   a cut through a word) and draw a batch of NSP or SOP pairs in one gather;
 * :func:`speaker_dataset` -> a downstream probe: which of the K most frequent speakers says a
   given speech (balanced classes, so chance is exactly 1 / K);
+* :func:`speaker_lines` -> the same question for single lines, each tagged with its speech so
+  that a split keeps a speech's lines on one side;
 * :func:`hidden_char_windows` -> the probe chapter 2 compares objectives on: windows of text with
   one character hidden behind [MASK], labelled with that character.
 """
@@ -294,34 +296,56 @@ def top_speakers(records: list[Speech], k: int, min_chars: int = 0) -> list[str]
 
 @dataclass
 class SpeakerData:
-    """The downstream probe: ids (N, t), key_padding (N, t), labels (N,), speaker names."""
+    """The downstream probe: ids (N, t), key_padding (N, t), labels (N,), speaker names, and
+    optionally groups (N,): the speech each row comes from (rows of one group share a speech's
+    topic and names, so a split must keep them together)."""
 
     ids: torch.Tensor
     key_padding: torch.Tensor
     labels: torch.Tensor
     names: list[str]
+    groups: torch.Tensor | None = None
 
     def split_indices(self, test_fraction: float, generator: torch.Generator | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(train rows, test rows) of a seeded random split, stratified so each keeps balanced
-        classes: round(n_c * test_fraction) (at least 1) rows of each class c go to the test set."""
+        classes: n_test = round(n_c * test_fraction) (at least 1) rows of each class c go to the
+        test set.
+
+        With ``groups``, whole groups are drawn in a random order until a class has n_test test
+        rows; the surplus rows of the last group drawn go to neither side, so no group is on both
+        sides and the test classes stay exactly balanced."""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction={test_fraction!r} is invalid: expected (0, 1).")
         train_idx, test_idx = [], []
         for c in range(len(self.names)):
             idx = (self.labels == c).nonzero().flatten()
-            idx = idx[torch.randperm(len(idx), generator=generator,
-                                     device=generator_device(generator)).cpu()]
             n_test = max(1, round(len(idx) * test_fraction))
-            test_idx.append(idx[:n_test])
-            train_idx.append(idx[n_test:])
+            if self.groups is None:
+                idx = idx[torch.randperm(len(idx), generator=generator,
+                                         device=generator_device(generator)).cpu()]
+                test_idx.append(idx[:n_test])
+                train_idx.append(idx[n_test:])
+                continue
+            names = self.groups[idx].unique()  # sorted, so the draw depends only on the generator
+            order = names[torch.randperm(len(names), generator=generator,
+                                         device=generator_device(generator)).cpu()]
+            rows = torch.cat([idx[self.groups[idx] == g] for g in order.tolist()])
+            cut = int((self.groups[rows] == self.groups[rows[n_test - 1]]).nonzero().max()) + 1
+            test_idx.append(rows[:n_test])  # the groups before the cut, the last one in part
+            train_idx.append(rows[cut:])  # whole groups only
         return torch.cat(train_idx), torch.cat(test_idx)
 
     def split(self, test_fraction: float, generator: torch.Generator | None = None):
         """(train, test) SpeakerData of :meth:`split_indices`."""
         train_idx, test_idx = self.split_indices(test_fraction, generator)
-        pick = lambda i: SpeakerData(self.ids[i], self.key_padding[i], self.labels[i], self.names)  # noqa: E731
-        return pick(train_idx), pick(test_idx)
+        return self.rows(train_idx), self.rows(test_idx)
+
+    def rows(self, index: torch.Tensor) -> SpeakerData:
+        """The rows ``index`` (a 1-D tensor of row numbers), groups included."""
+        groups = None if self.groups is None else self.groups[index]
+        return SpeakerData(self.ids[index], self.key_padding[index], self.labels[index],
+                           self.names, groups)
 
 
 def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speaker: int = 100,
@@ -345,6 +369,41 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
             labels[row] = label
             row += 1
     return SpeakerData(ids, ids != tokenizer.pad_id, labels, names)
+
+
+def speaker_lines(text: str, tokenizer, *, k: int = 4, t: int = 48, per_speaker: int = 200,
+                  min_chars: int = 20, generator: torch.Generator | None = None) -> SpeakerData:
+    """Which of the k speakers with the most lines says this line? One row per line of verse of
+    at least ``min_chars`` characters (its first t characters, padded with [PAD]);
+    ``per_speaker`` lines per speaker (fewer if the rarest of the k has fewer), drawn at random,
+    so the classes are balanced and chance is 1 / k. ``groups`` numbers each row's speech in the
+    text, so that :meth:`SpeakerData.split` keeps the lines of one speech on one side.
+
+    Build it from text the model under test never trained on (a pretrained model has read every
+    line of its training text right after its speaker's name)."""
+    records = [(i, s.speaker, line) for i, s in enumerate(speeches(text))
+               for line in s.lines if len(line.strip()) >= min_chars]
+    counts = Counter(speaker for _, speaker, _ in records)
+    if len(counts) < k:
+        raise ValueError(f"only {len(counts)} speakers have lines of >= {min_chars} characters; "
+                         f"ask for k <= {len(counts)}.")
+    names = [name for name, _ in counts.most_common(k)]
+    by_name = {n: [(i, line) for i, speaker, line in records if speaker == n] for n in names}
+    n = min(per_speaker, *(len(v) for v in by_name.values()))
+    ids = torch.full((n * k, t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
+    labels = torch.empty(n * k, dtype=torch.long)  # (N,)
+    groups = torch.empty(n * k, dtype=torch.long)  # (N,) the speech's number in the text
+    row = 0
+    for label, name in enumerate(names):
+        chosen = torch.randperm(len(by_name[name]), generator=generator,
+                                device=generator_device(generator))[:n].sort().values.tolist()
+        for i in chosen:
+            speech, line = by_name[name][i]
+            enc = tokenizer.encode(line[:t])
+            ids[row, : len(enc)] = torch.tensor(enc)
+            labels[row], groups[row] = label, speech
+            row += 1
+    return SpeakerData(ids, ids != tokenizer.pad_id, labels, names, groups)
 
 
 def hidden_char_windows(ids: torch.Tensor, tokenizer, n: int, t: int, position: int,

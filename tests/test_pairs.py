@@ -12,7 +12,9 @@ from lmlab.pairs import (
     nsp_examples,
     order_blind_features,
     sop_examples,
+    SpeakerData,
     speaker_dataset,
+    speaker_lines,
     speeches,
 )
 
@@ -102,12 +104,41 @@ def test_speaker_dataset_is_balanced():
 
 def test_split_is_stratified():
     ids = torch.zeros(40, 4, dtype=torch.long)
-    from lmlab.pairs import SpeakerData
-
     data = SpeakerData(ids, ids == 0, torch.arange(40) % 4, ["a", "b", "c", "d"])
     train, test = data.split(0.25, torch.Generator().manual_seed(0))
     assert torch.bincount(test.labels).tolist() == [2, 2, 2, 2]  # round(10 * 0.25) = 2 (even)
     assert torch.bincount(train.labels).tolist() == [8, 8, 8, 8]
+
+
+def test_speaker_lines_are_lines_of_their_speeches():
+    data = speaker_lines(PLAY, TOK, k=2, t=16, per_speaker=3, min_chars=10,
+                         generator=torch.Generator().manual_seed(0))
+    # lines of >= 10 characters: ROMEO 5 (two speeches), JULIET 2 (one speech): 2 each, balanced
+    assert data.names == ["ROMEO", "JULIET"] and data.labels.tolist() == [0, 0, 1, 1]
+    text = {r: TOK.decode(data.ids[r][data.key_padding[r]].tolist()) for r in range(4)}
+    romeo = {"But soft, what l", "through yonder w", "She speaks.", "O, speak again,", "bright angel!"}
+    assert {text[0], text[1]} <= romeo  # first 16 characters of a line, from the right speaker
+    assert {text[2], text[3]} == {"O Romeo, Romeo!", "wherefore art th"}
+    assert data.groups[2] == data.groups[3] == 3  # JULIET's second speech is the text's fourth
+    assert set(data.groups[:2].tolist()) <= {0, 2}
+    with pytest.raises(ValueError, match="speakers"):
+        speaker_lines(PLAY, TOK, k=3, min_chars=10)
+
+
+def test_grouped_split_keeps_each_group_on_one_side_and_balances_the_test_classes():
+    # 2 classes x 30 rows; class c's rows come in groups of sizes 1..7 (several per class)
+    sizes = [1, 2, 3, 4, 5, 6, 7, 2]  # 30 rows
+    groups = torch.tensor([g for c in range(2) for g, n in enumerate(sizes, start=10 * c)
+                           for _ in range(n)])
+    labels = torch.tensor([c for c in range(2) for n in sizes for _ in range(n)])
+    ids = torch.zeros(60, 4, dtype=torch.long)
+    data = SpeakerData(ids, ids == 0, labels, ["a", "b"], groups)
+    for seed in range(20):
+        train, test = data.split(0.25, torch.Generator().manual_seed(seed))
+        assert torch.bincount(test.labels).tolist() == [8, 8]  # round(30 * 0.25) each
+        assert not set(train.groups.tolist()) & set(test.groups.tolist())
+        # per class only the last group drawn into the test set loses rows: fewer than its 7
+        assert all(30 - 7 < (train.labels == c).sum() + 8 <= 30 for c in range(2))
 
 
 def test_junction_bigram_accuracy_hand_computed():
