@@ -5,6 +5,7 @@ import torch
 
 from lmlab.data import CharTokenizer
 from lmlab.pairs import (
+    SpeakerData,
     encode_pairs,
     hidden_char_windows,
     line_pair_bank,
@@ -12,7 +13,6 @@ from lmlab.pairs import (
     nsp_examples,
     order_blind_features,
     sop_examples,
-    SpeakerData,
     speaker_dataset,
     speaker_lines,
     speeches,
@@ -116,7 +116,8 @@ def test_speaker_lines_are_lines_of_their_speeches():
     # lines of >= 10 characters: ROMEO 5 (two speeches), JULIET 2 (one speech): 2 each, balanced
     assert data.names == ["ROMEO", "JULIET"] and data.labels.tolist() == [0, 0, 1, 1]
     text = {r: TOK.decode(data.ids[r][data.key_padding[r]].tolist()) for r in range(4)}
-    romeo = {"But soft, what l", "through yonder w", "She speaks.", "O, speak again,", "bright angel!"}
+    romeo = {"But soft, what l", "through yonder w", "She speaks.", "O, speak again,",
+             "bright angel!"}
     assert {text[0], text[1]} <= romeo  # first 16 characters of a line, from the right speaker
     assert {text[2], text[3]} == {"O Romeo, Romeo!", "wherefore art th"}
     assert data.groups[2] == data.groups[3] == 3  # JULIET's second speech is the text's fourth
