@@ -251,6 +251,22 @@ def test_book_figures_show_the_reference_behind_them_and_share_axes(monkeypatch)
     assert e.error is None and e.book_errors == {}
 
 
+def test_book_default_figure_keeps_only_the_reference_after_the_notebook_sets_picks(monkeypatch):
+    e = _slope_explorer(History(keep=3))  # built outside the book: the JupyterLab figure
+    e.set(slope=2.0)
+    e.set(slope=1.0)
+    assert _labels(e) == ["slope 2 (earlier)", "current"]  # JupyterLab shows the pick behind
+    jupyterlab_png = e.view.image.value
+    monkeypatch.setenv(STATIC_BOOK_ENV, "1")
+    e = _slope_explorer(History(keep=3))
+    default_png = e.view.image.value
+    e.set(slope=2.0)  # a chapter's picks after the explorer is built, then back to the default
+    e.set(slope=1.0)
+    assert [t.key for t in e.history.recent] == [2.0]  # the history keeps the pick (JupyterLab's)
+    assert _labels(e) == ["current"]  # the page's figure does not
+    assert e.view.image.value == default_png != jupyterlab_png
+
+
 def test_book_options_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="not a control"):
         _book_explorer(monkeypatch, book_vary={"colour_": None})

@@ -318,6 +318,7 @@ class Explorer:
                              f"{ONE_AT_A_TIME!r} or None (the product when it is small).")
         self.book_mode = book_mode
         self.book_errors: dict[tuple, Exception] = {}  # book setting -> what its draw raised
+        self._book_rendered = False  # set once the static book's figures are drawn
         self._links: list = []
         if auto_update:
             for control in self.controls.values():
@@ -370,6 +371,8 @@ class Explorer:
         try:
             self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
             self.history.commit()
+            if self._book_rendered:
+                self._redraw_for_book()
             self.status.value = f"<small>updated in {time.perf_counter() - start:.1f} s</small>"
         except Exception as err:  # shown to the learner; the previous figure stays up
             self.history.discard()
@@ -481,6 +484,17 @@ class Explorer:
             self.history.commit_limits()
         return self.view.png() if png else None
 
+    def _redraw_for_book(self) -> None:
+        """After the book's figures are drawn, a notebook may still set the explorer (say, to
+        show picks behind the default in JupyterLab). The page's figure for the current setting
+        is redrawn as every book figure is, the reference behind it and nothing else; the
+        history keeps the picks, as in JupyterLab."""
+        recent = list(self.history.recent)
+        try:
+            self.view.image.value = self._draw_for_book(self.values, reference=False, png=True)
+        finally:
+            self.history.recent = recent
+
     def _render_book(self) -> tuple[W.Widget, str]:
         """Draw every book setting and return the widget that switches between them in the
         page, with the note saying which settings are there. Two passes: the first fixes axes
@@ -513,6 +527,7 @@ class Explorer:
             image.add_class("lmlab-figure")
             figures[key] = image
         self.update()
+        self._book_rendered = True
         self.bar.value = 0.0
         if self.error is None:
             self.status.value = ""

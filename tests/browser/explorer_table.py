@@ -1,7 +1,8 @@
 """Every chapter's explorer, as the browser tests drive it: one line per explorer.
 
 Both the static book (test_book.py) and JupyterLab (test_jupyterlab.py) move the named control
-of the explorer whose title contains ``title`` to ``choice`` and check that the figure changes.
+of the explorer whose title contains ``title`` to ``choice`` and check that the figure changes;
+a chapter with two explorers has two lines.
 In the book, ``choice`` must be one of the settings the explorer precomputes
 (``Explorer.book_settings``); in JupyterLab it is then read back from the experiment cache the
 book build filled, so the redraw is quick. A new chapter with an explorer is one more line.
@@ -18,10 +19,11 @@ class ExplorerCase:
     title: str  # part of the explorer's title (the bold line above its controls)
     control: str  # the control's description (its label on the page)
     choice: str | int  # the option's label to pick, or a number of slider steps (+ right, - left)
+    name: str = ""  # tells apart a chapter's second explorer (test ids, screenshot names)
 
     @property
     def id(self) -> str:
-        return self.notebook
+        return f"{self.notebook}-{self.name}" if self.name else self.notebook
 
 
 EXPLORERS = [
@@ -34,7 +36,13 @@ EXPLORERS = [
     ExplorerCase("06_finetuning", "Fine-tuning explorer", "method", "output-layer probe"),
     ExplorerCase("07_distillation_rl", "Distillation and RL explorer", "distillation T", "2"),
     ExplorerCase("08_scaling", "Scaling-law explorer", "tokens D", -1),
+    ExplorerCase("08_scaling", "Pruning explorer", "prune", "rows", name="pruning"),
 ]
+
+BY_NOTEBOOK: dict[str, list[ExplorerCase]] = {}
+"""The cases of each notebook, in order (JupyterLab runs a notebook once for all of them)."""
+for _case in EXPLORERS:
+    BY_NOTEBOOK.setdefault(_case.notebook, []).append(_case)
 
 MAX_SLIDER_STEPS = 40
 

@@ -4,10 +4,11 @@ Starts one real JupyterLab server for the module (isolated config/data/runtime/s
 folder, a temp copy of notebooks/ as its root, LMLAB_PROFILE=ci). For each line of
 explorer_table.EXPLORERS it opens the notebook in Debian's Chromium through Playwright, runs all
 cells from the Run menu, waits for the explorer widget (.lmlab-explorer with that title), moves
-the named control and checks that the figure (img.lmlab-figure) is redrawn by the kernel. Any
-error or stderr output in any cell fails the test. Screenshots:
-test-artifacts/jupyterlab-<notebook>-before.png and -after.png. The notebook's kernel is shut down
-after each case, JupyterLab at the end of the module, whatever happens.
+the named control and checks that the figure (img.lmlab-figure) is redrawn by the kernel; a
+notebook with two explorers runs once and both are moved in turn. Any error or stderr output in
+any cell fails the test. Screenshots: test-artifacts/jupyterlab-<case id>-before.png and
+-after.png. The notebook's kernel is shut down after each notebook, JupyterLab at the end of the
+module, whatever happens.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from explorer_table import EXPLORERS, FIGURE_JS, ExplorerCase, find_explorer, move_control
+from explorer_table import BY_NOTEBOOK, FIGURE_JS, ExplorerCase, find_explorer, move_control
 
 pytestmark = pytest.mark.browser
 
@@ -369,20 +370,18 @@ def _shutdown_kernel(lab: Lab, notebook: str) -> None:
                 urllib.request.urlopen(req, timeout=30).close()
 
 
-@pytest.mark.parametrize("case", EXPLORERS, ids=lambda c: c.id)
-def test_explorer_redraws_in_jupyterlab(
-    case: ExplorerCase, lab: Lab, browser, notebooks_dir, artifacts_dir
-):
-    notebook = f"{case.notebook}.ipynb"
+@pytest.mark.parametrize("stem", list(BY_NOTEBOOK))
+def test_explorer_redraws_in_jupyterlab(stem: str, lab: Lab, browser, notebooks_dir, artifacts_dir):
+    """Run the notebook, then move one control of each of its explorers in turn: each figure must
+    redraw, with no error output and no JavaScript error."""
+    notebook = f"{stem}.ipynb"
     if not (notebooks_dir / notebook).exists():
         pytest.fail(f"{notebooks_dir / notebook} does not exist, yet it is in EXPLORERS")
-    failure_shot = artifacts_dir / f"jupyterlab-{case.notebook}-failure.png"
+    failure_shot = artifacts_dir / f"jupyterlab-{stem}-failure.png"
     run = _STARTED.pop(notebook, None) or _start(browser, lab, notebook)
     try:
-        later = EXPLORERS[EXPLORERS.index(case) + 1 :]
-        following = next(
-            (f"{c.notebook}.ipynb" for c in later if c.notebook != case.notebook), None
-        )
+        stems = list(BY_NOTEBOOK)
+        following = next((f"{s}.ipynb" for s in stems[stems.index(stem) + 1 :]), None)
         if following and following not in _STARTED and (notebooks_dir / following).exists():
             _STARTED[following] = _start(browser, lab, following)
         page = run.page
@@ -391,35 +390,43 @@ def test_explorer_redraws_in_jupyterlab(
             f"{notebook}: run all cells: {state['cells']} code cells in "
             f"{time.monotonic() - run.started:.1f}s"
         )
-
-        explorer = find_explorer(page, case, ".jp-NotebookPanel:not(.lm-mod-hidden)")
-        try:
-            # JupyterLab renders cells lazily: wait for the widget to exist, then bring it in view
-            explorer.wait_for(state="attached", timeout=30_000)
-        except Exception:
-            pytest.fail(
-                f"{notebook} ran without errors but no widget with class lmlab-explorer and "
-                f"title {case.title!r} appeared (is the explorer displayed as a cell's output? "
-                "is the @jupyter-widgets/jupyterlab-manager extension loaded?)"
-            )
-        explorer.scroll_into_view_if_needed()
-        explorer.locator("img.lmlab-figure").first.wait_for(state="visible", timeout=30_000)
-        before = page.evaluate(FIGURE_JS, explorer.element_handle())
-        assert before and before["src"], "img.lmlab-figure has no src before the control moved"
-        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.notebook}-before.png"))
-
-        moved = move_control(explorer, case)
-        _wait_for_redraw(page, explorer, before["src"], moved, notebook, failure_shot)
-        _wait_until_executed(page, lab, notebook, 120)
-        explorer.scroll_into_view_if_needed()
-        page.wait_for_timeout(300)
-        page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.notebook}-after.png"))
-        _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), notebook, f"after {moved}")
-        status = EXPLORER_ERROR.search(explorer.inner_text())
-        assert status is None, f"the explorer shows an error after {moved}: {status.group(0)!r}"
-        assert not run.page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(
-            run.page_errors
-        )
+        for case in BY_NOTEBOOK[stem]:
+            _move_and_check(case, run, lab, notebook, artifacts_dir, failure_shot)
     finally:
         run.context.close()
         _shutdown_kernel(lab, notebook)
+
+
+def _move_and_check(
+    case: ExplorerCase, run: LabRun, lab: Lab, notebook: str, artifacts_dir, failure_shot
+) -> None:
+    """Move ``case``'s control in the running notebook and check that its figure redraws."""
+    page = run.page
+    explorer = find_explorer(page, case, ".jp-NotebookPanel:not(.lm-mod-hidden)")
+    try:
+        # JupyterLab renders cells lazily: wait for the widget to exist, then bring it in view
+        explorer.wait_for(state="attached", timeout=30_000)
+    except Exception:
+        pytest.fail(
+            f"{notebook} ran without errors but no widget with class lmlab-explorer and "
+            f"title {case.title!r} appeared (is the explorer displayed as a cell's output? "
+            "is the @jupyter-widgets/jupyterlab-manager extension loaded?)"
+        )
+    explorer.scroll_into_view_if_needed()
+    explorer.locator("img.lmlab-figure").first.wait_for(state="visible", timeout=30_000)
+    before = page.evaluate(FIGURE_JS, explorer.element_handle())
+    assert before and before["src"], "img.lmlab-figure has no src before the control moved"
+    page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.id}-before.png"))
+
+    moved = move_control(explorer, case)
+    _wait_for_redraw(page, explorer, before["src"], moved, notebook, failure_shot)
+    _wait_until_executed(page, lab, notebook, 120)
+    explorer.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(artifacts_dir / f"jupyterlab-{case.id}-after.png"))
+    _fail_on_errors(page.evaluate(NOTEBOOK_STATE_JS), notebook, f"after {moved}")
+    status = EXPLORER_ERROR.search(explorer.inner_text())
+    assert status is None, (
+        f"{case.title}: the explorer shows an error after {moved}: {status.group(0)!r}"
+    )
+    assert not run.page_errors, "JavaScript errors in JupyterLab:\n" + "\n".join(run.page_errors)
