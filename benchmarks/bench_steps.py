@@ -46,11 +46,13 @@ def recipe_model(corpus) -> lmlab.Transformer:
         dropout=0.0, bias=False))
 
 
-def step_ms(corpus, fields: dict, warmup: int, steps: int, callback=None) -> float:
+def step_ms(corpus, fields: dict, warmup: int, steps: int, callback=None,
+            batch_size: int = 12) -> float:
     """Median ms per optimizer step over the ``steps`` steps after ``warmup``."""
     model = recipe_model(corpus)
     total = warmup + steps
-    config = lmlab.TrainConfig(steps=total + 1, batch_size=12, lr=1e-3, warmup_steps=warmup,
+    config = lmlab.TrainConfig(steps=total + 1, batch_size=batch_size, lr=1e-3,
+                               warmup_steps=warmup,
                                eval_every=total + 1, eval_batches=1, device="cpu", progress=False,
                                **fields)
     run = lmlab.train(model, corpus, config, callback=callback)
@@ -95,6 +97,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--label", default="")
+    parser.add_argument("--batch-size", type=int, default=12,
+                        help="windows per step (the recipe: 12); Newton-Schulz's cost does not "
+                             "grow with it, so Muon / AdamW falls as it grows")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args()
     corpus = char_corpus("tinyshakespeare")
@@ -102,12 +107,14 @@ def main() -> None:
                                                               "span batch"]}
     for _ in range(args.rounds):
         for name in args.configs:
-            results[name].append(step_ms(corpus, CONFIGS[name], args.warmup, args.steps))
+            results[name].append(step_ms(corpus, CONFIGS[name], args.warmup, args.steps,
+                                         batch_size=args.batch_size))
         results["tracker"].append(tracker_ms(corpus, args.steps))
         results["span batch"].append(span_build_ms(corpus, args.steps))
     env = {"label": args.label, "lmlab": os.path.dirname(lmlab.__file__),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+           "cpus": os.cpu_count(),
            "machine": platform.machine(), "load": os.getloadavg()[0]}
     print(json.dumps(env))
     for name, values in results.items():
