@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BatchSampler, CharTokenizer, Corpus
+from .device import SEED_OFFSETS
 from .experiments import cached_record, code_fingerprint
 from .heads import SequenceClassifier, _check_labels, classifier_accuracy, classifier_step
 from .lora import add_lora, trainable_parameters
@@ -400,7 +401,8 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
     gen = torch.Generator().manual_seed(config.seed)
     device = model_device(base)
     replay = (BatchSampler(task.replay, task.t, config.batch_size, device,
-                           torch.Generator(device=device).manual_seed(config.seed + 1))
+                           torch.Generator(device=device).manual_seed(
+                               config.seed + SEED_OFFSETS["replay_batches"]))
               if config.mix > 0 else None)
 
     def row(step: int) -> dict:
