@@ -43,6 +43,7 @@ from .data import BatchSampler, CharTokenizer, Corpus
 from .device import SEED_OFFSETS
 from .experiments import cached_record, code_fingerprint
 from .heads import SequenceClassifier, _check_labels, classifier_accuracy, classifier_step
+from .history import column
 from .lora import add_lora, trainable_parameters
 from .model import Transformer
 from .modes import eval_mode
@@ -311,7 +312,8 @@ class AdaptResult:
     cached: bool = False
 
     def column(self, key: str) -> tuple[list[int], list[float]]:
-        return [r["step"] for r in self.history], [r[key] for r in self.history]
+        """(steps, values) of ``key`` (:func:`lmlab.history.column`)."""
+        return column(self.history, key)
 
     @property
     def final(self) -> dict:

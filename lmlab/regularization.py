@@ -29,6 +29,7 @@ from torch import nn
 
 from .attention import MultiHeadAttention
 from .checkpoint import load_checkpoint
+from .history import rows_with
 from .model import MLP, Block, Transformer
 from .modes import eval_mode
 from .objectives import IGNORE_INDEX
@@ -332,6 +333,5 @@ def restore_best(model: nn.Module, best_path: str | Path) -> dict:
 def generalization_gap(run) -> tuple[list[int], list[float]]:
     """(steps, val_loss - eval_train_loss) at every evaluation of a Run or Result: the loss on
     held-out text minus the loss on fixed training batches, both in eval mode."""
-    rows = [r for r in run.history
-            if r.get("val_loss") is not None and r.get("eval_train_loss") is not None]
+    rows = rows_with(run.history, "val_loss", "eval_train_loss")
     return [r["step"] for r in rows], [r["val_loss"] - r["eval_train_loss"] for r in rows]
