@@ -46,11 +46,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import BatchSampler
 from .device import RANK_SEED_STRIDE, RESUME_SEED_STRIDE, SEED_OFFSETS, pick_device
+from .objectives import OBJECTIVES
 
-DDP_OBJECTIVES = ("clm", "mlm", "prefix", "span")
-"""Objectives that reach the model only through ``model(...)``. DDP synchronizes gradients of
-what runs through its ``forward``; the pair objectives (``mlm_sop``, ``mlm_nsp``) call
-``model.hidden`` and a pair head directly, which it would not see."""
+DDP_OBJECTIVES = tuple(sorted(name for name, o in OBJECTIVES.items() if o.through_forward))
+"""The objectives data-parallel training (and so the command line) can run, by name: those whose
+record says they reach the model only through ``model(...)``
+(:attr:`lmlab.objectives.Objective.through_forward`). DDP synchronizes gradients of what runs
+through its ``forward``; the pair objectives call ``model.hidden`` and a pair head directly,
+which it would not see."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from lmlab import ModelConfig, TrainConfig, generate
 from lmlab.checkpoint import load_checkpoint, load_model
 from lmlab.cli import FIELDS, build_configs, main, read_config_file
 from lmlab.data import load_text
+from lmlab.distributed import DDP_OBJECTIVES
+from lmlab.objectives import OBJECTIVES
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,16 @@ def test_config_file_keys_values_and_precedence(tmp_path, small_text, capsys):
     assert main(tiny(small_text, "--config", str(not_bool))) == 2
     assert "TrainConfig.compile='yes' is invalid: expected true or false." in (
         capsys.readouterr().err)
+
+
+def test_pair_objectives_are_refused_as_the_registry_says(small_text, capsys):
+    """The command line trains what DDP can (objectives reaching the model through its forward,
+    as their records in lmlab.objectives.OBJECTIVES say) and names them when asked for another."""
+    assert tuple(sorted(n for n, o in OBJECTIVES.items() if not o.pair_head)) == DDP_OBJECTIVES
+    assert main(tiny(small_text, "--objective", "mlm_sop", "--no-causal")) == 2
+    assert ("TrainConfig.objective='mlm_sop' is not available from the command line: expected "
+            "one of 'clm', 'mlm', 'prefix', 'span' (the pair objectives need a model with a pair "
+            "head: see lmlab.heads in a notebook).") in capsys.readouterr().err
 
 
 def without_seconds(rows):
