@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .config import ModelConfig
 from .data import CharTokenizer
@@ -104,6 +105,14 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
             continue
         return path
     return None
+
+
+def restore_best(model: nn.Module, best_path: str | os.PathLike) -> dict:
+    """Load the weights of ``best.pt`` (written by ``lmlab.train`` with ``keep_best=True``) into
+    ``model``; returns the record saved with them, ``{"val_loss": ..., "step": ...}``."""
+    state = load_checkpoint(best_path)
+    model.load_state_dict(state["model"])
+    return dict(state["best"])
 
 
 def load_model(path: str | os.PathLike, map_location="cpu"):

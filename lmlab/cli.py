@@ -342,9 +342,12 @@ def run_train(args: argparse.Namespace) -> int:
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(folder / CORPUS_NAME, "w") as f:
                 json.dump(settings, f)
-            log = history_path.open("w", encoding="utf-8")
-            for row in (stored or {}).get("history", []):  # a resumed run's rows so far
-                log.write(json.dumps(row) + "\n")
+            # a resumed run's rows so far, written whole or not at all (a crash here leaves the
+            # old file as it was); the new rows are appended as they come
+            with atomic_write(history_path, "w") as f:
+                for row in (stored or {}).get("history", []):
+                    f.write(json.dumps(row) + "\n")
+            log = history_path.open("a", encoding="utf-8")
             where = f", {dist.world_size} processes ({dist.backend})" if dist else ""
             print(f"lmlab train: {corpus!r}, {model.num_parameters():,} parameters{where}; "
                   f"checkpoints in {config.checkpoint_dir}/"

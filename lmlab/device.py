@@ -187,11 +187,24 @@ def compile_model(model: nn.Module, enabled: bool = True, signature: Hashable = 
         return model
 
 
-SEED_OFFSETS = {"objective": 1, "val_batches": 2, "train_batches": 3, "eval_objective": 4}
+SEED_OFFSETS = {"objective": 1, "val_batches": 2, "train_batches": 3, "eval_objective": 4,
+                "replay_batches": 1, "policy_report": 1000}
 """What a run draws from ``seed + offset`` besides its batches (``seed`` itself): the objective's
 randomness during training (MLM masks, pairs), the fixed validation and training batches it scores,
 and the objective's randomness while scoring them (reseeded at every evaluation, so one model
-always gets one score). Named once here; the training loop and the range test use them."""
+always gets one score); in :func:`lmlab.finetune.adapt`, the replayed pretraining windows (its
+minibatches of the speaker's pieces come from ``seed``); in :func:`lmlab.rl.letter_free_run`, the
+samples its before / after report scores (so they are no training batch). Named once here; the
+training loop, the range test, DDP's resume, fine-tuning and the policy-gradient runs use them."""
+
+RANK_SEED_STRIDE = 1_000_003
+"""In a data-parallel run, rank r seeds its objective randomness with seed + r * RANK_SEED_STRIDE
+(a prime, far from the small offsets above): :mod:`lmlab.distributed`."""
+
+RESUME_SEED_STRIDE = 7919
+"""A data-parallel run resumed at ``step``: ranks > 0 reseed their dropout with
+``base = seed + r * RANK_SEED_STRIDE + RESUME_SEED_STRIDE * step`` and their objective randomness
+with ``base + SEED_OFFSETS["objective"]`` (a checkpoint holds rank 0's generators only)."""
 
 
 def seed_everything(seed: int) -> None:

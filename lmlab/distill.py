@@ -15,34 +15,32 @@ and for T large against the logits p^T ~ (1 + z_i / T) / V, so it becomes
 the soft term's pull comparable with the label term's whatever T is (and in the limit distillation
 becomes matching centred logits, :func:`logit_matching_limit`).
 
-:func:`distill_train` is the training loop of :func:`lmlab.train` (same batches, optimizer,
-schedule, clipping, evaluation) with this loss in place of the plain cross-entropy; with
-``alpha=0`` it reproduces ``lmlab.train`` exactly (a test checks it bit for bit on the CPU), so a
-distilled student and a label-only one differ in nothing but the loss. :func:`distilled_run`
-caches its result like :func:`lmlab.experiments.run_experiment`.
+:func:`distill_train` is :func:`lmlab.train` itself with this loss passed in place of the
+objective's (``loss_fn=DistillationLoss(teacher, T, alpha)``): same batches, optimizer, schedule,
+clipping, evaluation, checkpoints and resume. With ``alpha=0`` it reproduces ``lmlab.train``
+exactly (a test checks it bit for bit on the CPU), so a distilled student and a label-only one
+differ in nothing but the loss. :func:`distilled_run` caches its result like
+:func:`lmlab.experiments.run_experiment`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, TrainConfig
-from .data import BatchSampler, CharTokenizer, Corpus
-from .device import SEED_OFFSETS, autocast_context, autocast_dtype, pick_device
-from .evaluation import eval_batches, evaluate
+from .data import CharTokenizer, Corpus
+from .device import pick_device
 from .experiments import Result, cached_record, run_key
 from .model import Transformer
 from .modes import eval_mode
-from .objectives import clm_loss, distillation_loss
-from .optim import build_optimizer, lr_at, set_lr
-from .train import Run, TrainingDiverged
+from .objectives import ObjectiveContext, clm_loss, distillation_loss
+from .train import Run, train
 
 
 def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,21 +52,22 @@ def soft_targets(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def distillation_objective(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                           targets: torch.Tensor, temperature: float, alpha: float
-                           ) -> torch.Tensor:
+                           targets: torch.Tensor, temperature: float, alpha: float,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
     """L = alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(targets): logits (B, T, V),
-    targets (B, T). ``alpha=0`` is the plain cross-entropy (the teacher is not needed: pass None);
-    ``alpha=1`` the soft term alone."""
+    targets (B, T), CE with ``label_smoothing`` (:func:`lmlab.objectives.clm_loss`). ``alpha=0``
+    is the cross-entropy alone (the teacher is not needed: pass None); ``alpha=1`` the soft term
+    alone."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha={alpha!r} is invalid: expected a weight in [0, 1].")
     if alpha == 0:
-        return clm_loss(student_logits, targets)
+        return clm_loss(student_logits, targets, label_smoothing)
     if teacher_logits is None:
         raise ValueError(f"alpha={alpha} > 0 needs the teacher's logits.")
     soft = distillation_loss(student_logits, teacher_logits, temperature=temperature)
     if alpha == 1:
         return soft
-    return alpha * soft + (1 - alpha) * clm_loss(student_logits, targets)
+    return alpha * soft + (1 - alpha) * clm_loss(student_logits, targets, label_smoothing)
 
 
 def logit_matching_limit(student_logits: torch.Tensor, teacher_logits: torch.Tensor
@@ -79,18 +78,17 @@ def logit_matching_limit(student_logits: torch.Tensor, teacher_logits: torch.Ten
     return (d - d.mean()) / d.numel()
 
 
-def _check_distillable(student: nn.Module, teacher: nn.Module | None, config: TrainConfig
-                       ) -> None:
+def _check_distillable(student: nn.Module, teacher: nn.Module | None, config: TrainConfig,
+                       temperature: float, alpha: float) -> None:
     if config.objective != "clm":
         raise ValueError(f"objective={config.objective!r}: distillation trains a causal student "
                          "on next-character targets; use objective='clm'.")
-    unsupported = {"grad_accum": config.grad_accum != 1, "keep_best": config.keep_best,
-                   "checkpoint_every": config.checkpoint_every != 0,
-                   "patience": config.patience != 0, "compile": config.compile}
-    named = [k for k, v in unsupported.items() if v]
-    if named:
-        raise ValueError(f"distill_train does not support {named}: leave them at their defaults "
-                         "(lmlab.train has them for label-only runs).")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha!r} is invalid: expected a weight in [0, 1].")
+    if alpha > 0 and not temperature > 0:
+        raise ValueError(f"temperature={temperature!r} is invalid: expected T > 0.")
+    if alpha > 0 and teacher is None:
+        raise ValueError(f"alpha={alpha} > 0 needs a teacher model.")
     if teacher is not None:
         s, t = student.config, teacher.config
         if t.vocab_size != s.vocab_size or t.block_size < s.block_size:
@@ -99,85 +97,56 @@ def _check_distillable(student: nn.Module, teacher: nn.Module | None, config: Tr
                              f"context ({s.block_size}).")
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class DistillationLoss:
+    """The training loss :func:`distill_train` hands to :func:`lmlab.train` (``loss_fn``), with
+    the signature of an objective's loss, ``(model, x (B, T), y (B, T), ctx) -> scalar``:
+
+        L = alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(y, p_student),
+
+    :func:`distillation_objective` on the student's logits and the frozen teacher's (computed
+    without gradients, after the student's forward pass, so the student's dropout draws come
+    first), CE with the run's label smoothing (``ctx.label_smoothing``). ``teacher`` is None
+    when ``alpha=0``: then L is the clm objective's loss."""
+
+    teacher: nn.Module | None
+    temperature: float
+    alpha: float
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 ctx: ObjectiveContext) -> torch.Tensor:
+        student_logits = model(x)  # (B, T, V)
+        teacher_logits = None
+        if self.alpha > 0:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)  # (B, T, V)
+        return distillation_objective(student_logits, teacher_logits, y, self.temperature,
+                                      self.alpha, ctx.label_smoothing)
+
+
 def distill_train(student: nn.Module, teacher: nn.Module | None, corpus: Corpus,
                   config: TrainConfig, *, temperature: float = 2.0, alpha: float = 0.5,
-                  callback: Callable[[dict], None] | None = None) -> Run:
+                  callback: Callable[[dict], None] | None = None,
+                  resume: str | Path | None = None) -> Run:
     """Train ``student`` on ``corpus`` with :func:`distillation_objective` against ``teacher``
-    (frozen, eval mode; ``None`` allowed when ``alpha=0``). The loop is :func:`lmlab.train`'s:
+    (frozen, eval mode; ``None`` allowed when ``alpha=0``): :func:`lmlab.train` with
+    ``loss_fn=DistillationLoss(teacher, temperature, alpha)``, so
 
         for step in 1 .. steps:  x, y <- batch;  L <- alpha T^2 KL + (1 - alpha) CE
                                  clip grad to config.grad_clip;  AdamW step at lr_at(step)
                                  every eval_every steps: val_loss (plain CE) on fixed batches
 
+    with everything the loop does (gradient accumulation, checkpoints, ``keep_best``,
+    ``patience``, ``compile``, Ctrl-C, ``resume`` from a checkpoint of the same distillation).
     ``val_loss`` and ``eval_train_loss`` are the student's plain cross-entropy (what it is
-    judged on), ``train_loss`` the training objective. Ctrl-C returns the partial run with
-    ``interrupted=True``.
+    judged on), ``train_loss`` the training objective.
     """
-    _check_distillable(student, teacher if alpha > 0 else None, config)
-    device = pick_device(config.device)
-    student.to(device)
-    if alpha > 0:
-        teacher.to(device).eval()
-    block = student.config.block_size
-    sample_gen = torch.Generator(device=device).manual_seed(config.seed)
-    sampler = BatchSampler(corpus.train, block, config.batch_size, device, sample_gen)
-    val_batches = eval_batches(corpus, block, config, "val", device)
-    train_batches = eval_batches(corpus, block, config, "train", device)
-    optimizer = build_optimizer(student, config, device)
-    amp_dtype = autocast_dtype(device, config.dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    def autocast():
-        return autocast_context(device, amp_dtype)
-
-    params = [p for p in student.parameters() if p.requires_grad]
-    clip = config.grad_clip if config.grad_clip else math.inf
-    run = Run(student, config, [])
-    torch.manual_seed(config.seed)  # dropout draws, as lmlab.train
-    t0 = time.perf_counter()
-    student.train()
-    try:
-        for step in range(1, config.steps + 1):
-            lr = lr_at(step, config)
-            set_lr(optimizer, lr)
-            x, y = sampler.sample()  # (B, T), (B, T)
-            with autocast():
-                student_logits = student(x)  # (B, T, V)
-                teacher_logits = None
-                if alpha > 0:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)  # (B, T, V)
-                loss = distillation_objective(student_logits, teacher_logits, y, temperature,
-                                              alpha)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            train_loss, grad_norm = torch.stack([loss.detach().float(), norm.float()]).tolist()
-            if not math.isfinite(train_loss) or (not math.isfinite(grad_norm)
-                                                 and not scaler.is_enabled()):
-                optimizer.zero_grad(set_to_none=True)
-                raise TrainingDiverged(f"the distillation loss or gradient became non-finite at "
-                                       f"step {step} (lr={lr:.3g}); try a lower lr.", run)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            row = {"step": step, "tokens": step * config.batch_size * block, "lr": lr,
-                   "train_loss": train_loss, "grad_norm": grad_norm}
-            if step % config.eval_every == 0 or step == config.steps:
-                seed = config.seed + SEED_OFFSETS["eval_objective"]
-                row["val_loss"] = evaluate(student, val_batches, "clm", autocast=autocast,
-                                           seed=seed)
-                row["eval_train_loss"] = evaluate(student, train_batches, "clm",
-                                                  autocast=autocast, seed=seed)
-            row["seconds"] = time.perf_counter() - t0
-            run.history.append(row)
-            if callback is not None:
-                callback(row)
-    except KeyboardInterrupt:
-        run.interrupted = True
-        print(f"Interrupted after step {len(run.history)}: the partial history is in "
-              ".history and nothing was cached; run the cell again to train it whole.")
-    return run
+    teacher = teacher if alpha > 0 else None
+    _check_distillable(student, teacher, config, temperature, alpha)
+    if teacher is not None:
+        teacher.to(pick_device(config.device)).eval()
+    return train(student, corpus, config, resume=resume, callback=callback,
+                 loss_fn=DistillationLoss(teacher, temperature, alpha))
 
 
 def _variant(teacher: Result | None, temperature: float, alpha: float) -> str:

@@ -18,9 +18,10 @@ the ranks together see exactly the windows one process would. The sampler's stat
 same on every rank, so the one state rank 0 saves in a checkpoint serves any number of processes.
 
 Randomness inside the objective (dropout, MLM masks) is per rank: rank r seeds it with
-``seed + r * RANK_SEED_STRIDE``, so two ranks never draw the same masks for different windows.
-Rank 0 keeps the single-process seeds. With such randomness a W-process run equals a one-process
-run in distribution, not bit for bit; without it (CLM, no dropout) they agree to float rounding.
+``seed + r * RANK_SEED_STRIDE`` (:mod:`lmlab.device`), so two ranks never draw the same masks
+for different windows. Rank 0 keeps the single-process seeds. With such randomness a W-process
+run equals a one-process run in distribution, not bit for bit; without it (CLM, no dropout) they
+agree to float rounding.
 
 Rank 0 alone evaluates (and shares the numbers, so every rank's history and early-stopping
 decision agree), writes checkpoints and logs and shows the progress bar. Checkpoints hold the
@@ -44,16 +45,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .data import BatchSampler
-from .device import pick_device
+from .device import RANK_SEED_STRIDE, RESUME_SEED_STRIDE, SEED_OFFSETS, pick_device
+from .objectives import OBJECTIVES
 
-RANK_SEED_STRIDE = 1_000_003
-"""Rank r seeds its objective randomness with seed + r * RANK_SEED_STRIDE (a prime, far from the
-small offsets the training loop adds to the seed for its other generators)."""
-
-DDP_OBJECTIVES = ("clm", "mlm", "prefix", "span")
-"""Objectives that reach the model only through ``model(...)``. DDP synchronizes gradients of
-what runs through its ``forward``; the pair objectives (``mlm_sop``, ``mlm_nsp``) call
-``model.hidden`` and a pair head directly, which it would not see."""
+DDP_OBJECTIVES = tuple(sorted(name for name, o in OBJECTIVES.items() if o.through_forward))
+"""The objectives data-parallel training (and so the command line) can run, by name: those whose
+record says they reach the model only through ``model(...)``
+(:attr:`lmlab.objectives.Objective.through_forward`). DDP synchronizes gradients of what runs
+through its ``forward``; the pair objectives call ``model.hidden`` and a pair head directly,
+which it would not see."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,8 @@ class DistContext:
         randomness from (seed, rank, step) instead of reusing rank 0's."""
         if self.rank == 0:
             return
-        base = seed + self.seed_offset + 7919 * step
-        objective_gen.manual_seed(base + 1)
+        base = seed + self.seed_offset + RESUME_SEED_STRIDE * step
+        objective_gen.manual_seed(base + SEED_OFFSETS["objective"])
         torch.manual_seed(base)
 
 

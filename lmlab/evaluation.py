@@ -72,6 +72,20 @@ def evaluate(model: nn.Module, batches, objective: str = "clm", ctx: ObjectiveCo
     return total / len(batches)
 
 
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token probabilities p = softmax(model(x)) on ``batches`` of (x, y), in eval mode
+    (restored afterwards): returns probs (N, V) and targets (N,), N = sum of B * T over the
+    batches, on the CPU (what chapter 5's calibration reads)."""
+    probs, targets = [], []
+    with eval_mode(model):
+        for x, y in batches:  # (B, T), (B, T)
+            logits = model(x).float()  # (B, T, V)
+            probs.append(torch.softmax(logits, dim=-1).flatten(0, 1).cpu())  # (B*T, V)
+            targets.append(y.flatten().cpu())  # (B*T,)
+    return torch.cat(probs), torch.cat(targets)
+
+
 def validation_loss(model: nn.Module, corpus: Corpus, config: TrainConfig,
                     split: str = "val") -> float:
     """The loss :func:`lmlab.train` reports as ``val_loss`` (``split="val"``) or

@@ -31,7 +31,7 @@ from .config import ModelConfig, TrainConfig
 from .data import Corpus, char_corpus
 from .device import autocast_dtype, pick_device
 from .heads import transformer_with_pair_head
-from .history import RunHistory
+from .history import RunHistory, rows_with
 from .model import Builder, Transformer
 from .objectives import OBJECTIVES
 from .paths import atomic_write, cache_dir
@@ -328,8 +328,7 @@ def records(results: Iterable[Result], metrics: tuple[str, ...] = ("val_loss",))
     """Tidy rows, one per (run, evaluation step): label, step, tokens, lr and the metrics."""
     rows = []
     for r in results:
-        for h in r.history:
-            if all(h.get(m) is not None for m in metrics):
-                rows.append({"label": r.label, "step": h["step"], "tokens": h["tokens"],
-                             "lr": h["lr"], **{m: h[m] for m in metrics}})
+        for h in rows_with(r.history, *metrics):
+            rows.append({"label": r.label, "step": h["step"], "tokens": h["tokens"],
+                         "lr": h["lr"], **{m: h[m] for m in metrics}})
     return rows

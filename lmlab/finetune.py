@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,8 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import BatchSampler, CharTokenizer, Corpus
-from .experiments import cached_record, code_fingerprint
+from .device import SEED_OFFSETS
+from .experiments import cached_record, spec_key
 from .heads import SequenceClassifier, _check_labels, classifier_accuracy, classifier_step
+from .history import column
 from .lora import add_lora, trainable_parameters
 from .model import Transformer
 from .modes import eval_mode
@@ -310,7 +311,8 @@ class AdaptResult:
     cached: bool = False
 
     def column(self, key: str) -> tuple[list[int], list[float]]:
-        return [r["step"] for r in self.history], [r[key] for r in self.history]
+        """(steps, values) of ``key`` (:func:`lmlab.history.column`)."""
+        return column(self.history, key)
 
     @property
     def final(self) -> dict:
@@ -400,7 +402,8 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
     gen = torch.Generator().manual_seed(config.seed)
     device = model_device(base)
     replay = (BatchSampler(task.replay, task.t, config.batch_size, device,
-                           torch.Generator(device=device).manual_seed(config.seed + 1))
+                           torch.Generator(device=device).manual_seed(
+                               config.seed + SEED_OFFSETS["replay_batches"]))
               if config.mix > 0 else None)
 
     def row(step: int) -> dict:
@@ -433,13 +436,8 @@ def adapt(base: Transformer, task: SpeakerTask, config: AdaptConfig,
 
 
 # ------------------------------------------------------------------ the cache
-def _cached(kind: str, key: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """``compute()`` (a JSON-able dict) once per key (with lmlab's code fingerprint), then read
-    back through :func:`lmlab.experiments.cached_record`, which recomputes a damaged record with a
-    warning."""
-    blob = json.dumps({"kind": kind, **key, "code": code_fingerprint()}, sort_keys=True,
-                      default=str)
-    return cached_record(f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}", compute)
+# records kept with experiments.cached_record, keyed by experiments.spec_key (kind, what the
+# result depends on, lmlab's code), as every cached result that is not one training history
 
 
 def adaptation(base: Transformer, base_key: str, task: SpeakerTask, config: AdaptConfig,
@@ -452,7 +450,7 @@ def adaptation(base: Transformer, base_key: str, task: SpeakerTask, config: Adap
         result, _, _ = adapt(base, task, config, callback)
         return {"history": result.history, "trainable": result.trainable}
 
-    value, cached = _cached("adapt", key, compute)
+    value, cached = cached_record(spec_key("adapt", key), compute)
     return AdaptResult(config, value["history"], value["trainable"], cached)
 
 
@@ -475,7 +473,7 @@ def classification_accuracy(base: Transformer, base_key: str, train, test, metho
                                      len(train.names), seed=seed, device=device, **options)
         return {"accuracy": classifier_accuracy(model, test.ids, test.key_padding, test.labels)}
 
-    return _cached("classify", key, compute)[0]["accuracy"]
+    return cached_record(spec_key("classify", key), compute)[0]["accuracy"]
 
 
 def count_trainable(model: nn.Module, prompt: nn.Module | None = None) -> int:

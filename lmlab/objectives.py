@@ -407,6 +407,14 @@ class Objective:
     predicts: str  # what its loss scores, in words (unit: nats per predicted character)
 
     @property
+    def through_forward(self) -> bool:
+        """Whether its loss reaches the model only through ``model(...)``, so that
+        DistributedDataParallel, which synchronizes the gradients of what runs through its
+        ``forward``, trains it: every objective but the pair ones, which call ``model.hidden``
+        and the pair head directly."""
+        return not self.pair_head
+
+    @property
     def model_causal(self) -> bool:
         """The attention of the model the chapter trains it with: the one it needs, causal where
         either fits."""

@@ -11,12 +11,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .history import column
+
 
 def _column(source, key: str) -> tuple[list, list]:
-    if hasattr(source, "column"):
-        return source.column(key)
-    rows = [r for r in source if r.get(key) is not None]
-    return [r["step"] for r in rows], [r[key] for r in rows]
+    """(steps, values) of ``key`` from history rows, or from a Run / Result (its ``.history``)."""
+    return column(getattr(source, "history", source), key)
 
 
 def loss_curves(ax, runs: Mapping[str, object], metric: str = "val_loss", *, train: bool = False,

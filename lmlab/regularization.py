@@ -9,28 +9,27 @@ Everything here is small and checked against PyTorch's own implementation where 
   Adam each way (``torch.optim.SGD``, ``Adam`` and ``AdamW``; Loshchilov & Hutter 2019);
 * dropout: inverted dropout, y = x * m / (1 - p) with m ~ Bernoulli(1 - p) (``F.dropout``), its
   moments, and where a :class:`lmlab.Transformer` applies it;
-* early stopping: where a patience rule stops on a validation curve, restoring the best checkpoint.
+* early stopping: where a patience rule stops on a validation curve.
 
 Running the chapter's experiments lives with the other runs
-(:func:`lmlab.experiments.regularized_run`, ``run_experiment(..., keep_best=True)``) and scoring a
-model with the evaluation (:func:`lmlab.evaluation.validation_loss`): this module holds the
-formulas.
+(:func:`lmlab.experiments.regularized_run`, ``run_experiment(..., keep_best=True)``), scoring a
+model with the evaluation (:func:`lmlab.evaluation.validation_loss`, and the probabilities
+calibration reads, :func:`lmlab.evaluation.predict_probabilities`), restoring the best checkpoint
+with the checkpoints (:func:`lmlab.checkpoint.restore_best`): this module holds the formulas.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .checkpoint import load_checkpoint
+from .history import rows_with
 from .model import MLP, Block, Transformer
-from .modes import eval_mode
 from .objectives import IGNORE_INDEX
 from .optim import param_groups
 from .optimizers import adam_update
@@ -140,19 +139,6 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor,
     """ECE = sum_b (n_b / N) |acc_b - conf_b| over M equal-width confidence bins (Guo et al. 2017).
     0 for a calibrated model; large when confidence and accuracy disagree."""
     return calibration_bins(probs, targets, n_bins).ece
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token probabilities on ``batches`` of (x, y), in eval mode (restored afterwards):
-    returns probs (N, V) and targets (N,), N = sum of B * T over the batches, on the CPU."""
-    probs, targets = [], []
-    with eval_mode(model):
-        for x, y in batches:  # (B, T), (B, T)
-            logits = model(x).float()  # (B, T, V)
-            probs.append(torch.softmax(logits, dim=-1).flatten(0, 1).cpu())  # (B*T, V)
-            targets.append(y.flatten().cpu())  # (B*T,)
-    return torch.cat(probs), torch.cat(targets)
 
 
 # ------------------------------------------------------------------------------- weight decay
@@ -321,17 +307,8 @@ def early_stop_point(steps: list[int], val_losses: list[float], patience: int) -
     return best_step, steps[-1]
 
 
-def restore_best(model: nn.Module, best_path: str | Path) -> dict:
-    """Load the weights of ``best.pt`` into ``model``; returns the record saved with them,
-    ``{"val_loss": ..., "step": ...}``."""
-    state = load_checkpoint(best_path)
-    model.load_state_dict(state["model"])
-    return dict(state["best"])
-
-
 def generalization_gap(run) -> tuple[list[int], list[float]]:
     """(steps, val_loss - eval_train_loss) at every evaluation of a Run or Result: the loss on
     held-out text minus the loss on fixed training batches, both in eval mode."""
-    rows = [r for r in run.history
-            if r.get("val_loss") is not None and r.get("eval_train_loss") is not None]
+    rows = rows_with(run.history, "val_loss", "eval_train_loss")
     return [r["step"] for r in rows], [r["val_loss"] - r["eval_train_loss"] for r in rows]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import pick_device
+from .device import SEED_OFFSETS, pick_device
 from .experiments import Result, cached_record, spec_key
 from .generate import generate_ids
 
@@ -265,7 +265,7 @@ def letter_free_run(base: Result, tokenizer, config: PolicyGradientConfig, *, le
             print(f"Interrupted after step {len(rows)}: the partial history is in the record's "
                   "'history' and nothing was cached; run the cell again to train it whole.")
             return {"history": rows, "info": {"interrupted": True}}
-        seed = config.seed + 1000  # the report's samples are not any training batch
+        seed = config.seed + SEED_OFFSETS["policy_report"]  # not any training batch
         return {"history": history, "info": {"interrupted": False},
                 "before": policy_report(reference, reference, tokenizer, reward_fn, config,
                                         n_report, seed),

@@ -9,6 +9,8 @@
         every eval_every steps: validation loss on fixed batches           evaluate, record
 
 (the names on the right are the methods of ``_Loop`` that :func:`train` runs, in that order).
+L is the objective's loss, or the one ``train(..., loss_fn=...)`` passes in its place (the
+distillation loss of :func:`lmlab.distill.distill_train`); evaluation always scores the objective.
 
 Batches are drawn on the device, matmuls autocast to bf16 on CUDA, and everything a learner did
 survives (README, "What survives what"; each promise is a test):
@@ -242,7 +244,7 @@ def _check_fits(model_config: ModelConfig, config: TrainConfig, tokenizer) -> No
 
 def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | Path | None = None,
           callback: Callable[[dict], None] | None = None, *,
-          dist: DistContext | None = None) -> Run:
+          dist: DistContext | None = None, loss_fn: Callable | None = None) -> Run:
     """Train ``model`` on ``corpus`` as ``config`` says; returns a :class:`Run`.
 
     ``resume``: a checkpoint path; training continues from its step with its model, optimizer,
@@ -260,9 +262,16 @@ def train(model: nn.Module, corpus: Corpus, config: TrainConfig, resume: str | P
 
     ``dist``: this process's place in a data-parallel run under torchrun
     (:func:`lmlab.distributed.from_environment`); ``None`` trains in one process.
+
+    ``loss_fn``: the training loss in place of the objective's, with the signature of
+    :attr:`lmlab.objectives.Objective.loss`, ``(model, x (B, T), y (B, T), ctx) -> scalar``
+    (:func:`lmlab.distill.distill_train` passes the distillation loss). Evaluation still scores
+    ``config.objective``, so ``val_loss`` stays comparable with runs trained on it. A checkpoint
+    does not record ``loss_fn``: resume with the same one.
     """
     with _StopRequest() as stop:  # first thing: a Ctrl-C during the setup stops cleanly too
-        loop = _Loop(model, corpus, config, dist)  # every check runs here, before step 1
+        # every check runs here, before step 1
+        loop = _Loop(model, corpus, config, dist, loss_fn)
         if resume is not None:
             finished = loop.resume(resume)
             if finished is not None:  # the checkpoint's run had already ended
@@ -278,7 +287,7 @@ class _Loop:
     the module docstring's pseudo-code, which :meth:`fit` calls in that order."""
 
     def __init__(self, model: nn.Module, corpus: Corpus, config: TrainConfig,
-                 dist: DistContext | None):
+                 dist: DistContext | None, loss_fn: Callable | None = None):
         # --- data parallel (dist): this rank's device
         device = dist.device if dist is not None else pick_device(config.device)
         model_config = getattr(model, "config", None)
@@ -315,7 +324,8 @@ class _Loop:
         self.ctx = ObjectiveContext(corpus.tokenizer, self.objective_gen, config.label_smoothing,
                                     config.mask_rate, config.pair_weight,
                                     pair_text=corpus.train)  # NSP/SOP line pairs
-        self.loss = OBJECTIVES[config.objective].loss
+        # the training loss L(model, x, y, ctx): the objective's, or the caller's (distillation)
+        self.loss = loss_fn if loss_fn is not None else OBJECTIVES[config.objective].loss
         self.optimizer = build_optimizer(model, config, device)
         self.amp_dtype = autocast_dtype(device, config.dtype)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.data import CharTokenizer, Corpus
+from lmlab.config import ModelConfig
+from lmlab.data import CharTokenizer, Corpus, char_corpus
+from lmlab.model import Transformer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +49,25 @@ def tiny_corpus() -> Corpus:
     tok = CharTokenizer.from_text(text)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     return Corpus("tiny", tok, ids[:7000], ids[7000:])
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Corpus:
+    """Tiny Shakespeare, read once per session: the training-loop tests (``test_train``,
+    ``test_compile_and_fp16``, ``test_cuda``) train on real text."""
+    return char_corpus("tinyshakespeare")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_model(shakespeare):
+    """``shakespeare_model(seed=0, **fields)``: a Transformer over Tiny Shakespeare's vocabulary
+    (unless ``vocab_size`` is given) with the given ModelConfig fields, built right after
+    ``torch.manual_seed(seed)``, so one seed gives one set of weights. Each test module binds
+    its own shape."""
+
+    def build(seed: int = 0, **fields) -> Transformer:
+        torch.manual_seed(seed)
+        return Transformer(ModelConfig(**{"vocab_size": shakespeare.tokenizer.vocab_size,
+                                          **fields}))
+
+    return build

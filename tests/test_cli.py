@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
-from lmlab import ModelConfig, TrainConfig, generate
+from lmlab import ModelConfig, TrainConfig, cli, generate
 from lmlab.checkpoint import load_checkpoint, load_model
 from lmlab.cli import FIELDS, build_configs, main, read_config_file
 from lmlab.data import load_text
+from lmlab.distributed import DDP_OBJECTIVES
+from lmlab.objectives import OBJECTIVES
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,16 @@ def test_config_file_keys_values_and_precedence(tmp_path, small_text, capsys):
         capsys.readouterr().err)
 
 
+def test_pair_objectives_are_refused_as_the_registry_says(small_text, capsys):
+    """The command line trains what DDP can (objectives reaching the model through its forward,
+    as their records in lmlab.objectives.OBJECTIVES say) and names them when asked for another."""
+    assert tuple(sorted(n for n, o in OBJECTIVES.items() if not o.pair_head)) == DDP_OBJECTIVES
+    assert main(tiny(small_text, "--objective", "mlm_sop", "--no-causal")) == 2
+    assert ("TrainConfig.objective='mlm_sop' is not available from the command line: expected "
+            "one of 'clm', 'mlm', 'prefix', 'span' (the pair objectives need a model with a pair "
+            "head: see lmlab.heads in a notebook).") in capsys.readouterr().err
+
+
 def without_seconds(rows):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
@@ -136,6 +148,42 @@ def test_resume_from_the_command_line_equals_an_uninterrupted_run(tmp_path, smal
     shutil.rmtree(folder)
     assert main(["train", "--resume", "--checkpoint-dir", str(folder)]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+class _JsonFailingOnCall:
+    """The json module, except that its ``n``-th ``dumps`` raises OSError (a full disk)."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, 0
+
+    def __getattr__(self, name):
+        return getattr(json, name)
+
+    def dumps(self, obj, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.n:
+            raise OSError(28, "No space left on device")
+        return json.dumps(obj, *args, **kwargs)
+
+
+def test_a_crash_while_resume_rewrites_the_history_keeps_the_old_file(tmp_path, small_text,
+                                                                      monkeypatch):
+    """`--resume` writes the checkpoint's rows to history.jsonl before training on; a failure
+    in the middle of that (here the second row) leaves the file as it was, with no temporary
+    file behind. Before the fix the file was opened with "w" and so truncated first: the crash
+    lost every row."""
+    folder = tmp_path / "run"
+    assert main(tiny(small_text, "--steps", "6", "--checkpoint-every", "3",
+                     "--checkpoint-dir", str(folder))) == 0
+    history = folder / "history.jsonl"
+    before = history.read_text()
+    assert len(before.splitlines()) == 6
+    monkeypatch.setattr(cli, "json", _JsonFailingOnCall(2))
+    with pytest.raises(OSError, match="No space left"):
+        main(["train", "--resume", str(folder / "step_3.pt"), "--checkpoint-dir", str(folder)])
+    assert history.read_text() == before
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "corpus.json", "history.jsonl", "step_3.pt", "step_6.pt"]
 
 
 def test_sample_continues_the_prompt_like_generate(tmp_path, small_text, capsys):

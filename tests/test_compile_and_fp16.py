@@ -20,20 +20,16 @@ import pytest
 import torch
 from torch import nn
 
-from lmlab import ModelConfig, TrainConfig, Transformer, device, train
-from lmlab.data import char_corpus
+from lmlab import TrainConfig, device, train
 from lmlab.device import CompileFallbackWarning, compile_model
 
-
-@pytest.fixture(scope="module")
-def corpus():
-    return char_corpus("tinyshakespeare")
+SHAPE = dict(block_size=8, n_layer=1, n_head=1, d_model=16)
 
 
-def tiny(corpus):
-    torch.manual_seed(0)
-    return Transformer(ModelConfig(vocab_size=corpus.tokenizer.vocab_size, block_size=8,
-                                   n_layer=1, n_head=1, d_model=16))
+@pytest.fixture
+def tiny(shakespeare_model):
+    """``tiny()``: conftest's ``shakespeare_model`` at this module's SHAPE, seed 0."""
+    return lambda: shakespeare_model(0, **SHAPE)
 
 
 def cfg(**kw):
@@ -47,14 +43,14 @@ def losses(run):
             if key in r]
 
 
-def test_compiled_training_equals_eager_in_one_graph(corpus, monkeypatch):
+def test_compiled_training_equals_eager_in_one_graph(shakespeare, tiny, monkeypatch):
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     monkeypatch.setattr(device, "_compiled_signature", [])  # reset dynamo: count our graphs only
-    eager = train(tiny(corpus), corpus, cfg())
+    eager = train(tiny(), shakespeare, cfg())
     counters.clear()
-    compiled = train(tiny(corpus), corpus, cfg(compile=True))
+    compiled = train(tiny(), shakespeare, cfg(compile=True))
     # the compiled path ran: dynamo captured the model as one graph, with no graph break (a
     # break splits the GPU kernels and would show up here first)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
@@ -65,7 +61,7 @@ def test_compiled_training_equals_eager_in_one_graph(corpus, monkeypatch):
     torch._dynamo.reset()
 
 
-def test_fp16_autocast_trains_through_the_grad_scaler(corpus, monkeypatch):
+def test_fp16_autocast_trains_through_the_grad_scaler(shakespeare, tiny, monkeypatch):
     """dtype="float16" autocasts matmuls to fp16 and scales the loss with a GradScaler (fp16's
     range ends at 65504 and its smallest normal is 6e-5: small gradients underflow unscaled)."""
     steps = []
@@ -74,8 +70,8 @@ def test_fp16_autocast_trains_through_the_grad_scaler(corpus, monkeypatch):
                         lambda self, opt, *a, **k: (self.is_enabled() and
                                                     steps.append(self.get_scale()))
                         or real_step(self, opt, *a, **k))
-    fp32 = train(tiny(corpus), corpus, cfg())
-    fp16 = train(tiny(corpus), corpus, cfg(dtype="float16"))
+    fp32 = train(tiny(), shakespeare, cfg())
+    fp16 = train(tiny(), shakespeare, cfg(dtype="float16"))
     assert steps == [65536.0] * 4  # every step went through the scaler, at its initial scale
     # fp16 really ran (the results differ from fp32) and stays within fp16 rounding: unit
     # roundoff 2^-11 = 4.9e-4, relative, on the loss and the gradient norm

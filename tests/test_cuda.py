@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab import ModelConfig, TrainConfig, Transformer, train
+from lmlab import TrainConfig, train
 from lmlab.attention import causal_mask, scaled_dot_product_attention
 from lmlab.checkpoint import checkpoint_name
-from lmlab.data import char_corpus
 from lmlab.device import autocast_dtype, compile_model, native_bf16
 from lmlab.objectives import random_partition
 
@@ -27,16 +26,13 @@ BF16_U = 2.0**-8  # bf16 unit roundoff (8 significand bits)
 FP16_U = 2.0**-11  # fp16 unit roundoff
 
 
-@pytest.fixture(scope="module")
-def corpus():
-    return char_corpus("tinyshakespeare")
+SHAPE = dict(block_size=64, n_layer=2, n_head=2, d_model=64)
 
 
-def tiny(corpus, seed=0, **kw):
-    torch.manual_seed(seed)
-    shape = dict(vocab_size=corpus.tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2,
-                 d_model=64)
-    return Transformer(ModelConfig(**{**shape, **kw}))
+@pytest.fixture
+def tiny(shakespeare_model):
+    """``tiny(seed=0, **changes)``: conftest's ``shakespeare_model`` at this module's SHAPE."""
+    return lambda seed=0, **kw: shakespeare_model(seed, **{**SHAPE, **kw})
 
 
 def cfg(**kw):
@@ -56,8 +52,8 @@ def test_auto_dtype_is_native_bf16_or_fp16():
         assert native is None or native == native_bf16(CUDA)
 
 
-def test_bf16_autocast_training_learns(corpus):
-    run = train(tiny(corpus), corpus, cfg(dtype="bfloat16"))
+def test_bf16_autocast_training_learns(shakespeare, tiny):
+    run = train(tiny(), shakespeare, cfg(dtype="bfloat16"))
     model = run.model
     with torch.autocast("cuda", dtype=torch.bfloat16):
         logits = model(torch.zeros(1, 8, dtype=torch.long, device=CUDA))
@@ -67,11 +63,11 @@ def test_bf16_autocast_training_learns(corpus):
     assert run.final_val_loss < run.history[0]["train_loss"] - 0.3  # it learned (from ~4.2)
 
 
-def test_adamw_is_fused_on_cuda_and_matches_the_reference(corpus):
+def test_adamw_is_fused_on_cuda_and_matches_the_reference(tiny):
     from lmlab.optim import build_optimizer
 
-    model = tiny(corpus).to(CUDA)
-    reference = tiny(corpus).to(CUDA)
+    model = tiny().to(CUDA)
+    reference = tiny().to(CUDA)
     optimizer = build_optimizer(model, cfg(), CUDA)
     assert all(g.get("fused") for g in optimizer.param_groups)
     groups = build_optimizer(reference, cfg(), CUDA).param_groups  # the same grouping
@@ -104,29 +100,29 @@ def test_flash_sdpa_equals_naive_within_bf16_rounding():
     assert err <= bound, f"max error {err:.2e} > 2 u max|v| = {bound:.2e}"
 
 
-def test_causal_training_forward_takes_the_flash_path(corpus):
+def test_causal_training_forward_takes_the_flash_path(tiny):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    model = tiny(corpus).to(CUDA)
+    model = tiny().to(CUDA)
     x = torch.randint(0, 60, (4, 64), device=CUDA)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.autocast("cuda", dtype=torch.bfloat16):
         model(x).float().mean().backward()  # a mask tensor anywhere would raise here
 
 
-def test_inductor_compile_equals_eager(corpus):
-    model = tiny(corpus).to(CUDA)
+def test_inductor_compile_equals_eager(shakespeare, tiny):
+    model = tiny().to(CUDA)
     compiled = compile_model(model, True, ("test_cuda", 1))
     x = torch.randint(0, 60, (4, 64), device=CUDA)
     with torch.no_grad():
         # fp32 with TF32 off by default; inductor fuses and reorders: relative 1e-4 is ~1000 ulps
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
-    run = train(tiny(corpus), corpus, cfg(steps=5, compile=True))
+    run = train(tiny(), shakespeare, cfg(steps=5, compile=True))
     assert len(run.history) == 5 and run.final_val_loss < 4.5
 
 
-def test_fp16_trains_through_the_grad_scaler(corpus):
-    fp32 = train(tiny(corpus), corpus, cfg(steps=10, dtype="float32"))
-    fp16 = train(tiny(corpus), corpus, cfg(steps=10, dtype="float16"))
+def test_fp16_trains_through_the_grad_scaler(shakespeare, tiny):
+    fp32 = train(tiny(), shakespeare, cfg(steps=10, dtype="float32"))
+    fp16 = train(tiny(), shakespeare, cfg(steps=10, dtype="float16"))
     assert all(torch.isfinite(torch.tensor([r["train_loss"] for r in fp16.history])))
     # the first step's loss comes from the same weights: fp16 matmuls over d_model = 64 terms,
     # error within sqrt(64) u relative
@@ -135,12 +131,12 @@ def test_fp16_trains_through_the_grad_scaler(corpus):
     assert fp16.final_val_loss < fp16.history[0]["train_loss"] - 0.2
 
 
-def test_resume_on_gpu_matches_within_tolerance(corpus, tmp_path):
+def test_resume_on_gpu_matches_within_tolerance(shakespeare, tiny, tmp_path):
     """Exactly on CPU; on CUDA atomics in backward reorder sums, so within tolerance."""
     folder = tmp_path / "ckpt"
     config = cfg(steps=10, dtype="float32", checkpoint_dir=str(folder), checkpoint_every=5)
-    whole = train(tiny(corpus), corpus, config)
-    resumed = train(tiny(corpus, seed=1), corpus, config, resume=folder / checkpoint_name(5))
+    whole = train(tiny(), shakespeare, config)
+    resumed = train(tiny(seed=1), shakespeare, config, resume=folder / checkpoint_name(5))
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert a["step"] == b["step"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
@@ -149,9 +145,9 @@ def test_resume_on_gpu_matches_within_tolerance(corpus, tmp_path):
     assert drift < 1e-3  # Adam can flip a near-zero gradient's update, so not per element
 
 
-def test_random_draws_take_a_cuda_generator(corpus):
+def test_random_draws_take_a_cuda_generator(shakespeare, tiny):
     g = torch.Generator(device=CUDA).manual_seed(0)
     parts = random_partition(20, 4, g)
     assert sum(parts) == 20 and len(parts) == 4 and min(parts) >= 1
-    run = train(tiny(corpus, causal=False), corpus, cfg(steps=3, objective="span"))
+    run = train(tiny(causal=False), shakespeare, cfg(steps=3, objective="span"))
     assert len(run.history) == 3

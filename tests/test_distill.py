@@ -84,8 +84,10 @@ def _configs(tiny_corpus, steps=6):
     return mc, tc
 
 
-def test_alpha_zero_is_label_only_training_bit_for_bit(tiny_corpus):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_alpha_zero_is_label_only_training_bit_for_bit(tiny_corpus, label_smoothing):
     mc, tc = _configs(tiny_corpus)
+    tc = tc.replace(label_smoothing=label_smoothing)
     torch.manual_seed(0)
     a = Transformer(mc)
     b = Transformer(mc)
@@ -144,11 +146,47 @@ def test_distilled_run_is_cached_and_keyed_by_t_alpha_and_teacher(tiny_corpus, t
         distilled_run(mc, tc, tiny_corpus, None, alpha=0.5)
 
 
+def test_distill_train_resumed_from_a_checkpoint_equals_the_uninterrupted_run(tiny_corpus,
+                                                                               tmp_path):
+    """distill_train is lmlab.train with the distillation loss, so it has the loop's checkpoints
+    and resume (and grad_accum, keep_best, patience, compile), which its own copy of the loop
+    refused: a run resumed from step 3 ends with the history and weights of the uninterrupted
+    run, exactly on the CPU (dropout on, so the RNG states in the checkpoint matter)."""
+    mc, tc = _configs(tiny_corpus)
+    mc = mc.replace(dropout=0.1)
+    tc = tc.replace(grad_accum=2, checkpoint_every=3, keep_best=True,
+                    checkpoint_dir=str(tmp_path / "a"))
+    torch.manual_seed(1)
+    teacher = Transformer(mc.replace(d_model=32)).eval()
+
+    def student():
+        torch.manual_seed(tc.seed)
+        return Transformer(mc)
+
+    whole = student()
+    full = distill_train(whole, teacher, tiny_corpus, tc, temperature=2.0, alpha=0.7)
+    assert full.best_path is not None and full.best_path.exists()
+    resumed_model = student()
+    resumed = distill_train(resumed_model, teacher, tiny_corpus,
+                            tc.replace(checkpoint_dir=str(tmp_path / "b")), temperature=2.0,
+                            alpha=0.7, resume=tmp_path / "a" / "step_3.pt")
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert [r["step"] for r in resumed.history] == [1, 2, 3, 4, 5, 6]
+    assert strip(resumed.history) == strip(full.history)
+    for p, q in zip(whole.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_distill_train_refuses_what_it_does_not_do(tiny_corpus):
     mc, tc = _configs(tiny_corpus)
     student = Transformer(mc)
-    with pytest.raises(ValueError, match="grad_accum"):
-        distill_train(student, student, tiny_corpus, tc.replace(grad_accum=2))
+    with pytest.raises(ValueError, match="alpha=1.5"):
+        distill_train(student, student, tiny_corpus, tc, alpha=1.5)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        distill_train(student, None, tiny_corpus, tc, alpha=0.5)
     with pytest.raises(ValueError, match="objective='mlm'"):
         distill_train(student, student, tiny_corpus, tc.replace(objective="mlm"))
     small_teacher = Transformer(mc.replace(block_size=4))

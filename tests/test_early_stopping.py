@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from lmlab import ModelConfig, TrainConfig, Transformer, train
+from lmlab.checkpoint import restore_best
 from lmlab.data import CharTokenizer, Corpus
 from lmlab.evaluation import validation_loss
 from lmlab.experiments import run_experiment
-from lmlab.regularization import early_stop_point, restore_best
+from lmlab.regularization import early_stop_point
 
 
 @pytest.fixture(scope="module")

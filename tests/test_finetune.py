@@ -173,7 +173,9 @@ def test_adaptation_is_cached_and_a_bad_setting_is_named(tmp_path, monkeypatch):
     again = FT.adaptation(base, "k", t, config)
     assert not first.cached and again.cached and again.history == first.history
     assert not FT.adaptation(base, "other base", t, config).cached
-    for damaged in (tmp_path / "runs").glob("adapt-*/record.json"):
+    damaged_files = list((tmp_path / "runs").glob("*/record.json"))
+    assert len(damaged_files) == 2  # base "k" and "other base"
+    for damaged in damaged_files:
         damaged.write_text('{"history": [')  # cut off mid-write
     with pytest.warns(RuntimeWarning, match="is damaged"):
         recomputed = FT.adaptation(base, "k", t, config)

@@ -7,11 +7,10 @@ import torch
 
 from lmlab import ModelConfig, Transformer
 from lmlab.attention import attention_maps
-from lmlab.evaluation import evaluate
+from lmlab.evaluation import evaluate, predict_probabilities
 from lmlab.generate import generate_ids
 from lmlab.heads import frozen_features, pair_head_accuracy, transformer_with_pair_head
 from lmlab.modes import eval_mode
-from lmlab.regularization import predict_probabilities
 
 CONFIG = ModelConfig(vocab_size=12, block_size=8, n_layer=1, n_head=2, d_model=16, causal=False)
 

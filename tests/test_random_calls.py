@@ -9,6 +9,10 @@ function (``torch.Generator()`` or ``torch.Generator(device="cpu")``), which is 
 
 Draws whose output follows an input tensor (``multinomial``, ``bernoulli``, ``x.normal_()``...)
 take their device from that tensor and have no ``device=``; they are not checked here.
+
+The same scan finds seeds offset by a number written in place (``config.seed + 1``): the offsets
+are named once, in ``lmlab.device`` (``SEED_OFFSETS``, ``RANK_SEED_STRIDE``,
+``RESUME_SEED_STRIDE``).
 """
 
 from __future__ import annotations
@@ -92,3 +96,47 @@ def test_package_draws_say_where_their_generator_lives(path):
     assert not found, ("random draws that take a generator but no device= (they crash with a "
                        "CUDA or MPS generator): pass device=generator_device(generator):\n"
                        + "\n".join(found))
+
+
+def _mentions_seed(node: ast.AST) -> bool:
+    return any((isinstance(n, ast.Name) and "seed" in n.id)
+               or (isinstance(n, ast.Attribute) and "seed" in n.attr) for n in ast.walk(node))
+
+
+def _int_literals(node: ast.AST) -> list[int]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant)
+            and type(n.value) is int and n.value != 0]
+
+
+def literal_seed_offsets(source: str, filename: str) -> list[str]:
+    """``file:line expression`` for seed arithmetic with a number in it: ``seed + 1``,
+    ``seed + 7919 * step``, or any sum or product with a number inside ``.manual_seed(...)``.
+    The offsets are named once, in ``lmlab.device`` (SEED_OFFSETS and the strides)."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        suspects = []
+        if (isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult))
+                and _mentions_seed(node)):
+            suspects.append(node)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "manual_seed"):
+            suspects += [a for a in node.args if isinstance(a, ast.BinOp)]
+        found += [f"{filename}:{s.lineno} {ast.unparse(s)}" for s in suspects if _int_literals(s)]
+    return sorted(set(found))
+
+
+def test_seed_scanner_flags_numbered_offsets_and_passes_named_ones():
+    bad = ("def f(config, base, step, g):\n    g.manual_seed(base + 1)\n"
+           "    return config.seed + 1000, config.seed + 7919 * step\n")
+    assert len(literal_seed_offsets(bad, "bad.py")) == 3
+    named = ("def f(config, g):\n    g.manual_seed(config.seed + SEED_OFFSETS['objective'])\n"
+             "    return config.seed % 2**32, [config.seed + i for i in range(3)]\n")
+    assert literal_seed_offsets(named, "ok.py") == []
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_package_seed_offsets_are_named(path):
+    found = literal_seed_offsets(path.read_text(), str(path.relative_to(PACKAGE.parent)))
+    assert not found, ("seeds offset by a number written in place: name the offset in "
+                       "lmlab.device.SEED_OFFSETS (or a stride next to it):\n" + "\n".join(found))

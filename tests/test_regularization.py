@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lmlab import ModelConfig, TrainConfig, Transformer
 from lmlab import regularization as R
+from lmlab.evaluation import predict_probabilities
 from lmlab.experiments import regularized_run
 from lmlab.optim import build_optimizer
 
@@ -132,7 +133,7 @@ def test_predict_probabilities_rows_sum_to_one_and_restore_mode():
     model = Transformer(ModelConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, d_model=8,
                                     dropout=0.1))
     x = torch.randint(0, 7, (2, 8))
-    probs, targets = R.predict_probabilities(model, [(x, x)])
+    probs, targets = predict_probabilities(model, [(x, x)])
     assert probs.shape == (16, 7) and targets.shape == (16,)
     torch.testing.assert_close(probs.sum(-1), torch.ones(16))
     assert model.training

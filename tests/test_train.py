@@ -4,23 +4,18 @@ import pytest
 import torch
 from torch.utils._pytree import tree_leaves
 
-from lmlab import ModelConfig, TrainConfig, TrainingDiverged, Transformer, train
+from lmlab import TrainConfig, TrainingDiverged, Transformer, train
 from lmlab.checkpoint import latest_checkpoint, load_checkpoint, load_model
-from lmlab.data import char_corpus
 from lmlab.objectives import clm_loss
 
-
-@pytest.fixture(scope="module")
-def corpus():
-    return char_corpus("tinyshakespeare")
+SHAPE = dict(block_size=16, n_layer=2, n_head=2, d_model=32)
 
 
-def tiny_model(corpus, seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=corpus.tokenizer.vocab_size, block_size=16, n_layer=2, n_head=2,
-               d_model=32)
-    cfg.update(kw)
-    return Transformer(ModelConfig(**cfg))
+@pytest.fixture
+def tiny_model(shakespeare_model):
+    """``tiny_model(seed=0, **changes)``: conftest's ``shakespeare_model`` at this module's
+    SHAPE."""
+    return lambda seed=0, **kw: shakespeare_model(seed, **{**SHAPE, **kw})
 
 
 def cfg(**kw):
@@ -34,8 +29,8 @@ def strip_time(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def test_history_rows_and_learning(corpus):
-    run = train(tiny_model(corpus), corpus, cfg(steps=60, eval_every=20))
+def test_history_rows_and_learning(shakespeare, tiny_model):
+    run = train(tiny_model(), shakespeare, cfg(steps=60, eval_every=20))
     assert len(run.history) == 60
     first = run.history[0]
     assert set(first) >= {"step", "tokens", "lr", "train_loss", "grad_norm", "seconds"}
@@ -46,47 +41,48 @@ def test_history_rows_and_learning(corpus):
     assert run.final_val_loss < 3.5
 
 
-def test_same_seed_same_history(corpus):
-    a = train(tiny_model(corpus), corpus, cfg())
-    b = train(tiny_model(corpus), corpus, cfg())
+def test_same_seed_same_history(shakespeare, tiny_model):
+    a = train(tiny_model(), shakespeare, cfg())
+    b = train(tiny_model(), shakespeare, cfg())
     assert strip_time(a.history) == strip_time(b.history)
 
 
-def test_resume_after_interrupt_equals_uninterrupted(corpus, tmp_path):
+def test_resume_after_interrupt_equals_uninterrupted(shakespeare, tiny_model, tmp_path):
     model_cfg = dict(dropout=0.1)  # dropout makes the RNG state part of what must be restored
-    full = train(tiny_model(corpus, **model_cfg), corpus, cfg())
+    full = train(tiny_model(**model_cfg), shakespeare, cfg())
 
     def stop_at_7(row):
         if row["step"] == 7:
             raise KeyboardInterrupt
 
     ckpt_dir = tmp_path / "ckpt"
-    part = train(tiny_model(corpus, **model_cfg), corpus, cfg(checkpoint_dir=str(ckpt_dir)),
+    part = train(tiny_model(**model_cfg), shakespeare, cfg(checkpoint_dir=str(ckpt_dir)),
                  callback=stop_at_7)
     assert part.interrupted and len(part.history) == 7
     assert part.checkpoint_path == ckpt_dir / "step_7.pt"
-    resumed = train(tiny_model(corpus, seed=123, **model_cfg), corpus,
+    resumed = train(tiny_model(seed=123, **model_cfg), shakespeare,
                     cfg(checkpoint_dir=str(ckpt_dir)), resume=part.checkpoint_path)
     assert strip_time(resumed.history) == strip_time(full.history)  # exact, on CPU
     for p, q in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
-def test_interrupt_without_checkpoint_dir_still_saves(corpus, tmp_path, monkeypatch):
+def test_interrupt_without_checkpoint_dir_still_saves(shakespeare, tiny_model, tmp_path,
+                                                      monkeypatch):
     monkeypatch.setenv("LMLAB_CACHE_DIR", str(tmp_path))
 
     def stop(row):
         raise KeyboardInterrupt
 
-    run = train(tiny_model(corpus), corpus, cfg(), callback=stop)
+    run = train(tiny_model(), shakespeare, cfg(), callback=stop)
     assert run.interrupted and len(run.history) == 1
     assert run.checkpoint_path.exists() and run.checkpoint_path.is_relative_to(tmp_path)
 
 
-def test_divergence_raises_with_history(corpus, tmp_path):
+def test_divergence_raises_with_history(shakespeare, tiny_model, tmp_path):
     """A weight poisoned from outside: the error carries the history, and no checkpoint of the
     NaN weights is written as if it were a good state."""
-    model = tiny_model(corpus)
+    model = tiny_model()
 
     def poison(row):
         if row["step"] == 5:
@@ -94,7 +90,7 @@ def test_divergence_raises_with_history(corpus, tmp_path):
                 model.ln_f.weight.fill_(float("nan"))
 
     with pytest.raises(TrainingDiverged, match="step 6") as err:
-        train(model, corpus, cfg(checkpoint_dir=str(tmp_path)), callback=poison)
+        train(model, shakespeare, cfg(checkpoint_dir=str(tmp_path)), callback=poison)
     assert [r["step"] for r in err.value.history] == [1, 2, 3, 4, 5]
     assert "lower lr" in str(err.value) and "non-finite" in str(err.value)
     assert not list(tmp_path.glob("step_*.pt"))
@@ -108,14 +104,15 @@ def _all_finite(obj) -> bool:
 
 
 @pytest.mark.parametrize(("optimizer", "grad_clip"), [("adamw", None), ("sgd", 1.0)])
-def test_divergence_never_applies_a_nonfinite_update(corpus, tmp_path, optimizer, grad_clip):
+def test_divergence_never_applies_a_nonfinite_update(shakespeare, tiny_model, tmp_path, optimizer,
+                                                     grad_clip):
     """lr=1e3: before the fix the 'last good state' had NaN in every tensor, because the update
     from a non-finite gradient was applied before the loss check saw anything."""
-    model = tiny_model(corpus)
+    model = tiny_model()
     config = cfg(steps=30, lr=1e3, warmup_steps=0, schedule="constant", optimizer=optimizer,
                  grad_clip=grad_clip, checkpoint_dir=str(tmp_path))
     with pytest.raises(TrainingDiverged, match="update was not applied") as err:
-        train(model, corpus, config)
+        train(model, shakespeare, config)
     run = err.value.run
     state = load_checkpoint(run.checkpoint_path)
     assert state["step"] == len(run.history) == run.history[-1]["step"]
@@ -124,36 +121,36 @@ def test_divergence_never_applies_a_nonfinite_update(corpus, tmp_path, optimizer
         assert torch.equal(p, state["model"][name]), name
 
 
-def test_objective_and_model_that_do_not_fit_fail_before_step_one(corpus):
+def test_objective_and_model_that_do_not_fit_fail_before_step_one(shakespeare, tiny_model):
     steps = []
-    bert = tiny_model(corpus, causal=False)
+    bert = tiny_model(causal=False)
     with pytest.raises(ValueError, match=r"objective='clm'.*bidirectional.*causal=True"):
-        train(bert, corpus, cfg(), callback=steps.append)
-    gpt = tiny_model(corpus)
+        train(bert, shakespeare, cfg(), callback=steps.append)
+    gpt = tiny_model()
     with pytest.raises(ValueError, match=r"objective='mlm'.*causal \(GPT-style\).*causal=False"):
-        train(gpt, corpus, cfg(objective="mlm"), callback=steps.append)
-    small = tiny_model(corpus, vocab_size=corpus.tokenizer.n_chars)  # no room for [MASK] etc.
+        train(gpt, shakespeare, cfg(objective="mlm"), callback=steps.append)
+    small = tiny_model(vocab_size=shakespeare.tokenizer.n_chars)  # no room for [MASK] etc.
     with pytest.raises(ValueError, match=r"vocab_size=65 is smaller .* \(69 ids"):
-        train(small, corpus, cfg(), callback=steps.append)
+        train(small, shakespeare, cfg(), callback=steps.append)
     assert steps == []
     for objective in ("prefix", "span"):  # these bring their own mask: either model fits
-        train(tiny_model(corpus, causal=False), corpus,
+        train(tiny_model(causal=False), shakespeare,
               cfg(steps=1, warmup_steps=0, objective=objective))
 
 
-def test_unusable_checkpoint_dir_fails_before_step_one(corpus, tmp_path):
+def test_unusable_checkpoint_dir_fails_before_step_one(shakespeare, tiny_model, tmp_path):
     """Before the fix a checkpoint_dir that is a file let every step run, then lost the run."""
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("x")
     steps = []
     with pytest.raises(ValueError, match=r"checkpoint_dir=.*notes.txt.*is a file"):
-        train(tiny_model(corpus), corpus, cfg(checkpoint_dir=str(not_a_folder)),
+        train(tiny_model(), shakespeare, cfg(checkpoint_dir=str(not_a_folder)),
               callback=steps.append)
     assert steps == []
 
 
-def test_checkpoints_are_named_by_step_and_load_weights_only(corpus, tmp_path):
-    train(tiny_model(corpus), corpus, cfg(checkpoint_dir=str(tmp_path), checkpoint_every=5))
+def test_checkpoints_are_named_by_step_and_load_weights_only(shakespeare, tiny_model, tmp_path):
+    train(tiny_model(), shakespeare, cfg(checkpoint_dir=str(tmp_path), checkpoint_every=5))
     names = sorted(p.name for p in tmp_path.glob("*.pt"))
     assert names == ["step_10.pt", "step_12.pt", "step_5.pt"]
     assert not list(tmp_path.glob("*.tmp"))
@@ -161,12 +158,12 @@ def test_checkpoints_are_named_by_step_and_load_weights_only(corpus, tmp_path):
     state = load_checkpoint(tmp_path / "step_12.pt")  # weights_only=True inside
     assert state["step"] == 12 and len(state["history"]) == 12
     model, tok = load_model(tmp_path / "step_12.pt")
-    assert tok.vocab_size == corpus.tokenizer.vocab_size
+    assert tok.vocab_size == shakespeare.tokenizer.vocab_size
     assert isinstance(model, Transformer)
 
 
-def test_keep_best_and_early_stopping(corpus, tmp_path):
-    run = train(tiny_model(corpus), corpus,
+def test_keep_best_and_early_stopping(shakespeare, tiny_model, tmp_path):
+    run = train(tiny_model(), shakespeare,
                 cfg(steps=40, eval_every=2, keep_best=True, checkpoint_dir=str(tmp_path),
                     lr=5e-2, warmup_steps=0, schedule="constant", patience=2))
     best = load_checkpoint(run.best_path)
@@ -177,11 +174,11 @@ def test_keep_best_and_early_stopping(corpus, tmp_path):
         assert all(v >= run.best_val_loss for v in last_evals)
 
 
-def test_gradient_accumulation_matches_large_batch(corpus):
+def test_gradient_accumulation_matches_large_batch(tiny_model):
     """Two micro-batches of 8 give the same update as one batch of 16 (same windows)."""
     torch.manual_seed(0)
-    m1 = tiny_model(corpus)
-    m2 = tiny_model(corpus)
+    m1 = tiny_model()
+    m2 = tiny_model()
     x = torch.randint(0, 65, (16, 16))
     y = torch.randint(0, 65, (16, 16))
     clm_loss(m1(x), y).backward()

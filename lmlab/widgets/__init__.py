@@ -38,6 +38,7 @@ import ipywidgets as W
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..history import column
 from ..plots import loss_curves
 
 STATIC_NOTE = ("Showing the default settings. Open this chapter in JupyterLab "
@@ -123,9 +124,8 @@ def metric_line(metric: str = "val_loss", x: str = "step",
     ``x`` for a run given as history rows or as anything with a ``.history`` list of rows."""
 
     def plot(ax, run, label: str, style: dict) -> None:
-        rows = [r for r in getattr(run, "history", run) if r.get(metric) is not None]
-        ys = [transform(r[metric]) if transform else r[metric] for r in rows]
-        ax.plot([r[x] for r in rows], ys, label=label, **style)
+        xs, ys = column(getattr(run, "history", run), metric, x)
+        ax.plot(xs, [transform(y) for y in ys] if transform else ys, label=label, **style)
 
     return plot
 

@@ -17,6 +17,7 @@ from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..distill import distilled_run
 from ..experiments import Result
+from ..history import column
 from ..rl import PolicyGradientConfig, letter_free_run
 from . import Explorer, History, value_slider
 
@@ -26,8 +27,7 @@ def _rows_plot(part: str, metric: str):
     ("distill" or "rl") of a trace's data."""
 
     def plot(ax, data, label, style):
-        rows = [r for r in data[part] if r.get(metric) is not None]
-        ax.plot([r["step"] for r in rows], [r[metric] for r in rows], label=label, **style)
+        ax.plot(*column(data[part], metric), label=label, **style)
 
     return plot
 
@@ -61,9 +61,8 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
         for rows, label, style in (
                 (labels_rows, "labels only", {"color": "C1", "linestyle": ":"}),
                 (student_rows, f"T={temperature:g}, alpha={alpha:g}", {"color": "C0"})):
-            points = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-            if points:
-                s, v = zip(*points, strict=True)
+            s, v = column(rows, "val_loss")
+            if v:
                 ax_d.plot(s, v, marker="o", markersize=3, label=f"{label}: {v[-1]:.3f}", **style)
         ax_d.set(xlabel="step", ylabel="validation loss (nats/char)",
                  title=f"student, T={temperature:g}, alpha={alpha:g}")
@@ -75,7 +74,7 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
                                   "log pi_ref per char of the samples")):
             history.draw_behind(ax, key, _rows_plot("rl", metric))
             if rl_rows:
-                ax.plot([r["step"] for r in rl_rows], [r[metric] for r in rl_rows], color="C2",
+                ax.plot(*column(rl_rows, metric), color="C2",
                         label=f"beta={beta:g}: {rl_rows[-1][metric]:.3f}")
             ax.set(xlabel="policy-gradient step", title=name)
             ax.legend(fontsize=7)

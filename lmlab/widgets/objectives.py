@@ -12,6 +12,7 @@ import ipywidgets as W
 
 from ..config import ModelConfig, TrainConfig
 from ..experiments import objective_run
+from ..history import column
 from ..objectives import OBJECTIVES, bits_per_char
 from . import Explorer, History, live_callback, metric_line
 
@@ -50,11 +51,12 @@ def objectives_explorer(model_config: ModelConfig, train_config: TrainConfig,
     def plot(figure, objective, mask_rate, pair_weight, key, rows, partial=False):
         facts = OBJECTIVES[objective]
         ax = figure.add_subplot()
-        evals = [r for r in rows if r.get("val_loss") is not None]
-        ax.plot([r["tokens"] for r in rows], [bits_per_char(r["train_loss"]) for r in rows],
-                color="C0", alpha=0.35, linewidth=1, label="train (per step)")
-        ax.plot([r["tokens"] for r in evals], [bits_per_char(r["val_loss"]) for r in evals],
-                color="C0", marker="o", markersize=3, label="validation")
+        for metric, style in (("train_loss", {"alpha": 0.35, "linewidth": 1,
+                                              "label": "train (per step)"}),
+                              ("val_loss", {"marker": "o", "markersize": 3,
+                                            "label": "validation"})):
+            tokens, losses = column(rows, metric, x="tokens")
+            ax.plot(tokens, [bits_per_char(v) for v in losses], color="C0", **style)
         history.draw_behind(ax, key, metric_line("val_loss", x="tokens", transform=bits_per_char))
         settings = []
         if facts.uses_mask_rate:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from ..config import ModelConfig, TrainConfig
 from ..data import Corpus
 from ..experiments import regularized_run
+from ..history import rows_with
 from ..plots import loss_curves
 from . import Explorer, History, live_callback, metric_line, value_slider
 
@@ -46,7 +47,7 @@ def regularization_explorer(model_config: ModelConfig, train_config: TrainConfig
         ax = figure.add_subplot()
         history.draw_behind(ax, key, metric_line("val_loss"))
         loss_curves(ax, {"validation": rows}, "val_loss", ylim=ylim)
-        evals = [r for r in rows if r.get("val_loss") is not None]
+        evals = rows_with(rows, "val_loss")
         train_losses = [r["eval_train_loss"] for r in evals]
         marker = "o" if len(evals) < 30 else None
         ax.plot([r["step"] for r in evals], train_losses, color="C1", marker=marker,
