@@ -66,7 +66,8 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
                 ax_d.plot(s, v, marker="o", markersize=3, label=f"{label}: {v[-1]:.3f}", **style)
         ax_d.set(xlabel="step", ylabel="validation loss (nats/char)",
                  title=f"student, T={temperature:g}, alpha={alpha:g}")
-        ax_d.legend(fontsize=7)
+        if ax_d.get_legend_handles_labels()[0]:  # a first preview may have nothing yet
+            ax_d.legend(fontsize=7)
         history.fix_limits(ax_d, "distill", ymax=math.log(student_config.vocab_size))
 
         for ax, metric, name in ((ax_r, "reward", f"reward: share of letters not '{letter}'"),
@@ -77,7 +78,8 @@ def distill_rl_explorer(student_config: ModelConfig, train_config: TrainConfig, 
                 ax.plot(*column(rl_rows, metric), color="C2",
                         label=f"beta={beta:g}: {rl_rows[-1][metric]:.3f}")
             ax.set(xlabel="policy-gradient step", title=name)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # nothing before the policy's first row
+                ax.legend(fontsize=7)
             history.fix_limits(ax, metric)
 
     def draw(figure, progress, temperature, alpha, beta):
