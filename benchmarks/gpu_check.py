@@ -243,7 +243,7 @@ def smoke_matrix(report: Report, corpus, device: str, cap_s: float, rehearse: bo
         per_step = sorted(b - a for a, b in zip(marks[:-2], marks[1:-1], strict=True))
         report.data["syncs_per_step"] = per_step
         return (f"host-device syncs per training step (median of {len(per_step)}): "
-                f"{per_step[len(per_step) // 2]} (issue 13 item 4 aims at 0 between log steps)")
+                f"{per_step[len(per_step) // 2]} (the aim: 0 between log steps)")
 
     def flash_only():
         if device != "cuda":

@@ -1,6 +1,6 @@
 """The two GPU-only training paths, run at tiny size on the CPU so they cannot rot unseen
-(issue 13): ``TrainConfig(compile=True)`` and fp16 autocast with the ``GradScaler``; and the
-compile helper's cache reset and fallback warnings (issue 19, item 9). One module, so that one
+(not only on a GPU): ``TrainConfig(compile=True)`` and fp16 autocast with the ``GradScaler``; and the
+compile helper's cache reset and fallback warnings. One module, so that one
 test worker pays dynamo's import (about 10 s).
 
 Compile runs with the ``aot_eager`` backend: dynamo captures our model and AOTAutograd traces its

@@ -1,4 +1,4 @@
-"""Device-specific choices made on the CPU (issue 19, items 6 and 7): the autocast dtype, device
+"""Device-specific choices made on the CPU: the autocast dtype, device
 synchronization and allocator reads (the compile helper is tested in test_compile_and_fp16.py).
 CUDA and MPS are stood in for by monkeypatching the torch calls that would answer there."""
 

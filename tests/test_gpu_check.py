@@ -1,5 +1,5 @@
 """benchmarks/gpu_check.py where no GPU is: it says so and exits 0, and its MFU peak table picks
-the right entry for a device name (issue 13: `make gpu-check` runs on CPU to its message)."""
+the right entry for a device name (`make gpu-check` runs on CPU to its message)."""
 
 from __future__ import annotations
 

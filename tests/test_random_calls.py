@@ -1,4 +1,4 @@
-"""Every random draw that takes a generator also says where to draw (issue 19, item 2).
+"""Every random draw that takes a generator also says where to draw.
 
 torch's factory draws (``torch.randperm(n, generator=g)``) put their result on the CPU unless told
 otherwise, and torch then rejects a CUDA or MPS generator ("Expected a 'cpu' device type for
