@@ -1,4 +1,4 @@
-"""The two GPU-only training paths, run at tiny size on the CPU so they cannot rot unseen
+"""The two GPU-only training paths, run at tiny size on the CPU so they cannot rot unseen:
 ``TrainConfig(compile=True)`` and fp16 autocast with the ``GradScaler``; and the
 compile helper's cache reset and fallback warnings. One module, so that one
 test worker pays dynamo's import (about 10 s).
