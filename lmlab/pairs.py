@@ -320,6 +320,9 @@ class SpeakerData:
         train_idx, test_idx = [], []
         for c in range(len(self.names)):
             idx = (self.labels == c).nonzero().flatten()
+            if len(idx) < 2:
+                raise ValueError(f"class {self.names[c]!r} has {len(idx)} row(s): a split needs "
+                                 "at least 2 of each class.")
             n_test = max(1, round(len(idx) * test_fraction))
             if self.groups is None:
                 idx = idx[torch.randperm(len(idx), generator=generator,
@@ -372,17 +375,21 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
 
 
 def speaker_lines(text: str, tokenizer, *, k: int = 4, t: int = 48, per_speaker: int = 200,
-                  min_chars: int = 20, generator: torch.Generator | None = None) -> SpeakerData:
+                  min_chars: int = 20, max_per_speech: int = 8,
+                  generator: torch.Generator | None = None) -> SpeakerData:
     """Which of the k speakers with the most lines says this line? One row per line of verse of
-    at least ``min_chars`` characters (its first t characters, padded with [PAD]);
+    at least ``min_chars`` characters (its first t characters, padded with [PAD]), at most
+    ``max_per_speech`` from one speech (its first ones), so that no long speech dominates a class;
     ``per_speaker`` lines per speaker (fewer if the rarest of the k has fewer), drawn at random,
     so the classes are balanced and chance is 1 / k. ``groups`` numbers each row's speech in the
     text, so that :meth:`SpeakerData.split` keeps the lines of one speech on one side.
 
     Build it from text the model under test never trained on (a pretrained model has read every
-    line of its training text right after its speaker's name)."""
+    line of its training text under its speaker's name)."""
+    if max_per_speech < 1:
+        raise ValueError(f"max_per_speech={max_per_speech!r} is invalid: expected >= 1.")
     records = [(i, s.speaker, line) for i, s in enumerate(speeches(text))
-               for line in s.lines if len(line.strip()) >= min_chars]
+               for line in [x for x in s.lines if len(x.strip()) >= min_chars][:max_per_speech]]
     counts = Counter(speaker for _, speaker, _ in records)
     if len(counts) < k:
         raise ValueError(f"only {len(counts)} speakers have lines of >= {min_chars} characters; "

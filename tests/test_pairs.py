@@ -124,6 +124,10 @@ def test_speaker_lines_are_lines_of_their_speeches():
     assert set(data.groups[:2].tolist()) <= {0, 2}
     with pytest.raises(ValueError, match="speakers"):
         speaker_lines(PLAY, TOK, k=3, min_chars=10)
+    capped = speaker_lines(PLAY, TOK, k=1, t=16, per_speaker=9, min_chars=10, max_per_speech=1)
+    assert capped.groups.tolist() == [0, 2]  # one line from each of ROMEO's two speeches
+    with pytest.raises(ValueError, match="max_per_speech"):
+        speaker_lines(PLAY, TOK, max_per_speech=0)
 
 
 def test_grouped_split_keeps_each_group_on_one_side_and_balances_the_test_classes():
@@ -140,6 +144,17 @@ def test_grouped_split_keeps_each_group_on_one_side_and_balances_the_test_classe
         assert not set(train.groups.tolist()) & set(test.groups.tolist())
         # per class only the last group drawn into the test set loses rows: fewer than its 7
         assert all(30 - 7 < (train.labels == c).sum() + 8 <= 30 for c in range(2))
+    # one group larger than the test set: whatever the draw, it is never split across the sides
+    big = SpeakerData(torch.zeros(24, 4, dtype=torch.long), torch.ones(24, 4, dtype=torch.bool),
+                      torch.tensor([0] * 12 + [1] * 12), ["a", "b"],
+                      torch.tensor([0] * 10 + [1, 2] + [3] * 10 + [4, 5]))
+    for seed in range(10):
+        train, test = big.split(0.25, torch.Generator().manual_seed(seed))
+        assert torch.bincount(test.labels).tolist() == [3, 3]
+        assert not set(train.groups.tolist()) & set(test.groups.tolist())
+    with pytest.raises(ValueError, match="at least 2"):
+        SpeakerData(torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.bool),
+                    torch.tensor([0, 0, 1]), ["a", "b"]).split(0.5)
 
 
 def test_junction_bigram_accuracy_hand_computed():
