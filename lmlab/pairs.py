@@ -312,9 +312,11 @@ class SpeakerData:
         classes: n_test = round(n_c * test_fraction) (at least 1) rows of each class c go to the
         test set.
 
-        With ``groups``, whole groups are drawn in a random order until a class has n_test test
-        rows; the surplus rows of the last group drawn go to neither side, so no group is on both
-        sides and the test classes stay exactly balanced."""
+        With ``groups``, each class's rows are drawn group by group, in a random order, until the
+        class has n_test test rows; the surplus rows of the last group drawn go to neither side, so
+        no class has rows of one group on both sides and the test classes stay exactly balanced. (A
+        group may hold rows of several classes, e.g. a stretch of text with several speakers: each
+        class's rows from it go to one side.)"""
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction={test_fraction!r} is invalid: expected (0, 1).")
         train_idx, test_idx = [], []
@@ -375,20 +377,26 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
 
 
 def speaker_lines(text: str, tokenizer, *, k: int = 4, t: int = 48, per_speaker: int = 200,
-                  min_chars: int = 20, max_per_speech: int = 8,
+                  min_chars: int = 20, max_per_speech: int = 8, speeches_per_group: int = 1,
                   generator: torch.Generator | None = None) -> SpeakerData:
     """Which of the k speakers with the most lines says this line? One row per line of verse of
     at least ``min_chars`` characters (its first t characters, padded with [PAD]), at most
     ``max_per_speech`` from one speech (its first ones), so that no long speech dominates a class;
     ``per_speaker`` lines per speaker (fewer if the rarest of the k has fewer), drawn at random,
-    so the classes are balanced and chance is 1 / k. ``groups`` numbers each row's speech in the
-    text, so that :meth:`SpeakerData.split` keeps the lines of one speech on one side.
+    so the classes are balanced and chance is 1 / k.
+
+    ``groups`` numbers each row's stretch of text: speeches 0 .. g-1 of the text are group 0,
+    g .. 2g-1 group 1, and so on (g = ``speeches_per_group``; 1: each speech alone), so that
+    :meth:`SpeakerData.split` keeps a speaker's lines from one stretch on one side. Lines of one
+    speech, or of one scene, share a topic and the names spoken to; a stretch of about a scene's
+    speeches keeps those on one side.
 
     Build it from text the model under test never trained on (a pretrained model has read every
     line of its training text under its speaker's name)."""
-    if max_per_speech < 1:
-        raise ValueError(f"max_per_speech={max_per_speech!r} is invalid: expected >= 1.")
-    records = [(i, s.speaker, line) for i, s in enumerate(speeches(text))
+    if max_per_speech < 1 or speeches_per_group < 1:
+        raise ValueError(f"max_per_speech={max_per_speech!r} and speeches_per_group="
+                         f"{speeches_per_group!r}: both must be >= 1.")
+    records = [(i // speeches_per_group, s.speaker, line) for i, s in enumerate(speeches(text))
                for line in [x for x in s.lines if len(x.strip()) >= min_chars][:max_per_speech]]
     counts = Counter(speaker for _, speaker, _ in records)
     if len(counts) < k:
@@ -399,16 +407,16 @@ def speaker_lines(text: str, tokenizer, *, k: int = 4, t: int = 48, per_speaker:
     n = min(per_speaker, *(len(v) for v in by_name.values()))
     ids = torch.full((n * k, t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
     labels = torch.empty(n * k, dtype=torch.long)  # (N,)
-    groups = torch.empty(n * k, dtype=torch.long)  # (N,) the speech's number in the text
+    groups = torch.empty(n * k, dtype=torch.long)  # (N,) the stretch of text each line is from
     row = 0
     for label, name in enumerate(names):
         chosen = torch.randperm(len(by_name[name]), generator=generator,
                                 device=generator_device(generator))[:n].sort().values.tolist()
         for i in chosen:
-            speech, line = by_name[name][i]
+            group, line = by_name[name][i]
             enc = tokenizer.encode(line[:t])
             ids[row, : len(enc)] = torch.tensor(enc)
-            labels[row], groups[row] = label, speech
+            labels[row], groups[row] = label, group
             row += 1
     return SpeakerData(ids, ids != tokenizer.pad_id, labels, names, groups)
 

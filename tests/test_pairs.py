@@ -128,20 +128,26 @@ def test_speaker_lines_are_lines_of_their_speeches():
     assert capped.groups.tolist() == [0, 2]  # one line from each of ROMEO's two speeches
     with pytest.raises(ValueError, match="max_per_speech"):
         speaker_lines(PLAY, TOK, max_per_speech=0)
+    stretches = speaker_lines(PLAY, TOK, k=2, t=16, per_speaker=2, min_chars=10,
+                              speeches_per_group=2, generator=torch.Generator().manual_seed(0))
+    # speeches 0, 1 -> stretch 0; speeches 2, 3 -> stretch 1: JULIET's lines are speech 3's
+    assert stretches.groups[2:].tolist() == [1, 1]
+    assert set(stretches.groups[:2].tolist()) <= {0, 1}
 
 
 def test_grouped_split_keeps_each_group_on_one_side_and_balances_the_test_classes():
-    # 2 classes x 30 rows; class c's rows come in groups of sizes 1..7 (several per class)
+    # 2 classes x 30 rows; class c's rows come in groups of sizes 1..7, the same group numbers in
+    # both classes (a stretch of text holds lines of several speakers)
     sizes = [1, 2, 3, 4, 5, 6, 7, 2]  # 30 rows
-    groups = torch.tensor([g for c in range(2) for g, n in enumerate(sizes, start=10 * c)
-                           for _ in range(n)])
+    groups = torch.tensor([g for c in range(2) for g, n in enumerate(sizes) for _ in range(n)])
     labels = torch.tensor([c for c in range(2) for n in sizes for _ in range(n)])
     ids = torch.zeros(60, 4, dtype=torch.long)
     data = SpeakerData(ids, ids == 0, labels, ["a", "b"], groups)
     for seed in range(20):
         train, test = data.split(0.25, torch.Generator().manual_seed(seed))
         assert torch.bincount(test.labels).tolist() == [8, 8]  # round(30 * 0.25) each
-        assert not set(train.groups.tolist()) & set(test.groups.tolist())
+        sides = [set(zip(d.labels.tolist(), d.groups.tolist(), strict=True)) for d in (train, test)]
+        assert not sides[0] & sides[1]  # no class's group on both sides
         # per class only the last group drawn into the test set loses rows: fewer than its 7
         assert all(30 - 7 < (train.labels == c).sum() + 8 <= 30 for c in range(2))
     # one group larger than the test set: whatever the draw, it is never split across the sides
