@@ -368,11 +368,15 @@ class Explorer:
         self.error = None
         self._next_preview = 0.0  # the first preview of a new setting is drawn at once
         shown = self.view.image.value
+        behind = self.history.recent
+        if self._book_rendered:  # the book's figure: the reference behind it, never earlier
+            self.history.recent = []  # picks (the history still records this one, as in JupyterLab)
         try:
-            self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
+            try:
+                self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
+            finally:
+                self.history.recent = behind
             self.history.commit()
-            if self._book_rendered:
-                self._redraw_for_book()
             self.status.value = f"<small>updated in {time.perf_counter() - start:.1f} s</small>"
         except Exception as err:  # shown to the learner; the previous figure stays up
             self.history.discard()
@@ -483,17 +487,6 @@ class Explorer:
         else:
             self.history.commit_limits()
         return self.view.png() if png else None
-
-    def _redraw_for_book(self) -> None:
-        """After the book's figures are drawn, a notebook may still set the explorer (say, to
-        show picks behind the default in JupyterLab). The page's figure for the current setting
-        is redrawn as every book figure is, the reference behind it and nothing else; the
-        history keeps the picks, as in JupyterLab."""
-        recent = list(self.history.recent)
-        try:
-            self.view.image.value = self._draw_for_book(self.values, reference=False, png=True)
-        finally:
-            self.history.recent = recent
 
     def _render_book(self) -> tuple[W.Widget, str]:
         """Draw every book setting and return the widget that switches between them in the
