@@ -16,8 +16,8 @@ speaker's name and a colon (``ROMEO:``) followed by the lines spoken. From that:
   a cut through a word) and draw a batch of NSP or SOP pairs in one gather;
 * :func:`speaker_dataset` -> a downstream probe: which of the K most frequent speakers says a
   given speech (balanced classes, so chance is exactly 1 / K);
-* :func:`speaker_lines` -> the same question for single lines, each tagged with its speech so
-  that a split keeps a speech's lines on one side;
+* :func:`speaker_lines` -> the same question for single lines, each tagged with its stretch of
+  speeches so that a split keeps a speaker's lines from one stretch on one side;
 * :func:`hidden_char_windows` -> the probe chapter 2 compares objectives on: windows of text with
   one character hidden behind [MASK], labelled with that character.
 """
@@ -297,8 +297,8 @@ def top_speakers(records: list[Speech], k: int, min_chars: int = 0) -> list[str]
 @dataclass
 class SpeakerData:
     """The downstream probe: ids (N, t), key_padding (N, t), labels (N,), speaker names, and
-    optionally groups (N,): the speech each row comes from (rows of one group share a speech's
-    topic and names, so a split must keep them together)."""
+    optionally groups (N,): the stretch of text each row comes from (rows of one group share its
+    topic and names, so a split must keep a class's rows of one group together)."""
 
     ids: torch.Tensor
     key_padding: torch.Tensor
@@ -353,6 +353,30 @@ class SpeakerData:
                            self.names, groups)
 
 
+def _balanced_rows(items: dict[str, list[tuple[int, str]]], per_speaker: int, tokenizer, t: int,
+                   generator: torch.Generator | None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids (N, t), labels (N,), groups (N,) of ``per_speaker`` items of each speaker (fewer if the
+    rarest has fewer), drawn at random and kept in text order; ``items`` maps each speaker, in
+    label order, to its (group, text) items; a row is the text's first t characters, padded with
+    [PAD]."""
+    n = min(per_speaker, *(len(v) for v in items.values()))
+    ids = torch.full((n * len(items), t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
+    labels = torch.empty(n * len(items), dtype=torch.long)  # (N,)
+    groups = torch.empty(n * len(items), dtype=torch.long)  # (N,)
+    row = 0
+    for label, pool in enumerate(items.values()):
+        chosen = torch.randperm(len(pool), generator=generator,
+                                device=generator_device(generator))[:n].sort().values.tolist()
+        for i in chosen:
+            group, text = pool[i]
+            enc = tokenizer.encode(text[:t])
+            ids[row, : len(enc)] = torch.tensor(enc)
+            labels[row], groups[row] = label, group
+            row += 1
+    return ids, labels, groups
+
+
 def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speaker: int = 100,
                     min_chars: int = 32, generator: torch.Generator | None = None) -> SpeakerData:
     """Which of the k most frequent speakers says this speech? The first t characters of each
@@ -360,19 +384,8 @@ def speaker_dataset(text: str, tokenizer, *, k: int = 4, t: int = 64, per_speake
     has fewer), drawn at random, so the classes are balanced and chance is 1 / k."""
     records = [s for s in speeches(text) if len(s.text) >= min_chars]
     names = top_speakers(records, k, min_chars)
-    by_name = {n: [s for s in records if s.speaker == n] for n in names}
-    n = min(per_speaker, *(len(v) for v in by_name.values()))
-    ids = torch.full((n * k, t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
-    labels = torch.empty(n * k, dtype=torch.long)  # (N,)
-    row = 0
-    for label, name in enumerate(names):
-        chosen = torch.randperm(len(by_name[name]), generator=generator,
-                                device=generator_device(generator))[:n].tolist()
-        for i in chosen:
-            enc = tokenizer.encode(by_name[name][i].text[:t])
-            ids[row, : len(enc)] = torch.tensor(enc)
-            labels[row] = label
-            row += 1
+    items = {n: [(i, s.text) for i, s in enumerate(records) if s.speaker == n] for n in names}
+    ids, labels, _ = _balanced_rows(items, per_speaker, tokenizer, t, generator)
     return SpeakerData(ids, ids != tokenizer.pad_id, labels, names)
 
 
@@ -403,21 +416,8 @@ def speaker_lines(text: str, tokenizer, *, k: int = 4, t: int = 48, per_speaker:
         raise ValueError(f"only {len(counts)} speakers have lines of >= {min_chars} characters; "
                          f"ask for k <= {len(counts)}.")
     names = [name for name, _ in counts.most_common(k)]
-    by_name = {n: [(i, line) for i, speaker, line in records if speaker == n] for n in names}
-    n = min(per_speaker, *(len(v) for v in by_name.values()))
-    ids = torch.full((n * k, t), tokenizer.pad_id, dtype=torch.long)  # (N, t)
-    labels = torch.empty(n * k, dtype=torch.long)  # (N,)
-    groups = torch.empty(n * k, dtype=torch.long)  # (N,) the stretch of text each line is from
-    row = 0
-    for label, name in enumerate(names):
-        chosen = torch.randperm(len(by_name[name]), generator=generator,
-                                device=generator_device(generator))[:n].sort().values.tolist()
-        for i in chosen:
-            group, line = by_name[name][i]
-            enc = tokenizer.encode(line[:t])
-            ids[row, : len(enc)] = torch.tensor(enc)
-            labels[row], groups[row] = label, group
-            row += 1
+    items = {n: [(group, line) for group, speaker, line in records if speaker == n] for n in names}
+    ids, labels, groups = _balanced_rows(items, per_speaker, tokenizer, t, generator)
     return SpeakerData(ids, ids != tokenizer.pad_id, labels, names, groups)
 
 
