@@ -309,8 +309,8 @@ class SpeakerData:
     def split_indices(self, test_fraction: float, generator: torch.Generator | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(train rows, test rows) of a seeded random split, stratified so each keeps balanced
-        classes: n_test = round(n_c * test_fraction) (at least 1) rows of each class c go to the
-        test set.
+        classes: n_test = round(n_c * test_fraction) rows of each class c go to the test set (at
+        least 1, and at least 1 row left to train on).
 
         With ``groups``, each class's rows are drawn group by group, in a random order, until the
         class has n_test test rows; the surplus rows of the last group drawn go to neither side, so
@@ -325,7 +325,7 @@ class SpeakerData:
             if len(idx) < 2:
                 raise ValueError(f"class {self.names[c]!r} has {len(idx)} row(s): a split needs "
                                  "at least 2 of each class.")
-            n_test = max(1, round(len(idx) * test_fraction))
+            n_test = min(len(idx) - 1, max(1, round(len(idx) * test_fraction)))  # >= 1 each side
             if self.groups is None:
                 idx = idx[torch.randperm(len(idx), generator=generator,
                                          device=generator_device(generator)).cpu()]
@@ -337,6 +337,11 @@ class SpeakerData:
                                          device=generator_device(generator)).cpu()]
             rows = torch.cat([idx[self.groups[idx] == g] for g in order.tolist()])
             cut = int((self.groups[rows] == self.groups[rows[n_test - 1]]).nonzero().max()) + 1
+            if cut == len(rows):
+                raise ValueError(
+                    f"class {self.names[c]!r}: its {len(idx)} rows lie in {len(names)} group(s), "
+                    f"and the groups that hold its {n_test} test rows leave none to train on; use "
+                    "smaller groups or a smaller test_fraction.")
             test_idx.append(rows[:n_test])  # the groups before the cut, the last one in part
             train_idx.append(rows[cut:])  # whole groups only
         return torch.cat(train_idx), torch.cat(test_idx)

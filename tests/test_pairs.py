@@ -150,14 +150,25 @@ def test_grouped_split_keeps_each_group_on_one_side_and_balances_the_test_classe
         assert not sides[0] & sides[1]  # no class's group on both sides
         # per class only the last group drawn into the test set loses rows: fewer than its 7
         assert all(30 - 7 < (train.labels == c).sum() + 8 <= 30 for c in range(2))
-    # one group larger than the test set: whatever the draw, it is never split across the sides
-    big = SpeakerData(torch.zeros(24, 4, dtype=torch.long), torch.ones(24, 4, dtype=torch.bool),
-                      torch.tensor([0] * 12 + [1] * 12), ["a", "b"],
-                      torch.tensor([0] * 10 + [1, 2] + [3] * 10 + [4, 5]))
-    for seed in range(10):
+    # one group larger than the test set (10 rows, 4 test rows per class), with enough other
+    # groups that some whole group is always left to train on: never split across the sides
+    big = SpeakerData(torch.zeros(32, 4, dtype=torch.long), torch.ones(32, 4, dtype=torch.bool),
+                      torch.tensor([0] * 16 + [1] * 16), ["a", "b"],
+                      torch.tensor([0] * 10 + [1, 2, 3, 4, 5, 6]
+                                   + [7] * 10 + [8, 9, 10, 11, 12, 13]))
+    for seed in range(20):
         train, test = big.split(0.25, torch.Generator().manual_seed(seed))
-        assert torch.bincount(test.labels).tolist() == [3, 3]
+        assert torch.bincount(test.labels).tolist() == [4, 4]
         assert not set(train.groups.tolist()) & set(test.groups.tolist())
+    # every class keeps a training row: ungrouped, round(2 * 0.75) = 2 test rows would leave none
+    two = SpeakerData(torch.zeros(4, 4, dtype=torch.long), torch.ones(4, 4, dtype=torch.bool),
+                      torch.tensor([0, 0, 1, 1]), ["a", "b"])
+    train, test = two.split(0.75, torch.Generator().manual_seed(0))
+    assert torch.bincount(train.labels).tolist() == [1, 1] == torch.bincount(test.labels).tolist()
+    one_group = SpeakerData(two.ids, two.key_padding, two.labels, two.names,
+                            torch.tensor([0, 0, 1, 2]))
+    with pytest.raises(ValueError, match="'a'.*none to train on"):
+        one_group.split(0.25, torch.Generator().manual_seed(0))  # a: one group, all of it test
     with pytest.raises(ValueError, match="at least 2"):
         SpeakerData(torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.bool),
                     torch.tensor([0, 0, 1]), ["a", "b"]).split(0.5)
