@@ -150,6 +150,7 @@ class History:
         self.keep = keep
         self.reference: Trace | None = None
         self.recent: list[Trace] = []  # oldest first, at most ``keep``
+        self.show_earlier = True  # False: only the reference behind (the static book's figures)
         self.limits: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {}
         self._pending: Trace | None = None
         self._pending_limits: dict[str, tuple] = {}
@@ -168,7 +169,8 @@ class History:
         if self.reference is not None and self.reference.key != key:
             out.append((self.reference, dict(REFERENCE_STYLE),
                         f"{self.reference.label} (reference)"))
-        earlier = [t for t in self.recent if t.key not in (key, ref_key)]  # oldest first
+        earlier = ([t for t in self.recent if t.key not in (key, ref_key)]  # oldest first
+                   if self.show_earlier else [])
         for i, trace in enumerate(earlier):
             age = len(earlier) - 1 - i  # 0: the setting tried just before this one
             style = {"color": "0.45", "linewidth": 1.0, "alpha": max(0.25, 0.75 - 0.2 * age)}
@@ -318,7 +320,6 @@ class Explorer:
                              f"{ONE_AT_A_TIME!r} or None (the product when it is small).")
         self.book_mode = book_mode
         self.book_errors: dict[tuple, Exception] = {}  # book setting -> what its draw raised
-        self._book_rendered = False  # set once the static book's figures are drawn
         self._links: list = []
         if auto_update:
             for control in self.controls.values():
@@ -368,14 +369,8 @@ class Explorer:
         self.error = None
         self._next_preview = 0.0  # the first preview of a new setting is drawn at once
         shown = self.view.image.value
-        behind = self.history.recent
-        if self._book_rendered:  # the book's figure: the reference behind it, never earlier
-            self.history.recent = []  # picks (the history still records this one, as in JupyterLab)
         try:
-            try:
-                self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
-            finally:
-                self.history.recent = behind
+            self.view.redraw(lambda fig: self._draw(fig, self.progress, **self.values))
             self.history.commit()
             self.status.value = f"<small>updated in {time.perf_counter() - start:.1f} s</small>"
         except Exception as err:  # shown to the learner; the previous figure stays up
@@ -479,7 +474,6 @@ class Explorer:
         """Draw one book setting; each shows the reference behind it and nothing else. No
         previews while a run trains for the book: nobody watches them."""
         self._next_preview = math.inf
-        self.history.recent = []
         self.view.figure.clear()
         self._draw(self.view.figure, self.progress, **setting)
         if reference:
@@ -495,6 +489,8 @@ class Explorer:
         is drawn last, leaving ``figure``, ``history`` and ``error`` as they are in JupyterLab."""
         settings, note = self.book_settings()
         default, others = settings[0], settings[1:]
+        # every figure of the page, now and after any later set(): the reference behind it only
+        self.history.show_earlier = False
         try:
             self._draw_for_book(default, reference=True, png=False)
         except Exception:
@@ -520,7 +516,6 @@ class Explorer:
             image.add_class("lmlab-figure")
             figures[key] = image
         self.update()
-        self._book_rendered = True
         self.bar.value = 0.0
         if self.error is None:
             self.status.value = ""
