@@ -143,6 +143,10 @@ def initial_loss_expansion(logits: torch.Tensor, targets: torch.Tensor) -> dict[
     if logits.dim() < 2 or logits.shape[-1] < 2 or targets.shape != logits.shape[:-1]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)}: "
                          "expected (..., V) with V >= 2 and targets of shape (...).")
+    if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < logits.shape[-1]:
+        raise ValueError(f"targets must be class indices in [0, {logits.shape[-1]}); got values "
+                         f"from {int(targets.min())} to {int(targets.max())} (an objective's "
+                         "ignored positions, -100, have no expansion: keep only scored ones).")
     z = logits.detach().double()  # (..., V)
     u = z - z.mean(-1, keepdim=True)  # (..., V): centred logits
     target = (-u.gather(-1, targets[..., None]).squeeze(-1)).mean()  # mean of m - z_y

@@ -177,3 +177,5 @@ def test_initial_loss_expansion_matches_cross_entropy_of_small_logits():
             assert abs(terms["spread"] - s * s / 2) < 0.2 * s * s / 2 + shift ** 2 / V
     with pytest.raises(ValueError, match="expected"):
         D.initial_loss_expansion(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="class indices"):  # an ignored position (-100)
+        D.initial_loss_expansion(torch.zeros(3, 5), torch.tensor([0, -100, 4]))

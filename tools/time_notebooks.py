@@ -108,9 +108,11 @@ for _name, _ex in list(globals().items()):
             _draw_preview(draw)
         _ex.view.preview = _timed_preview
         _before, _t0 = _cached_files(), _time.perf_counter()
-        _ex.set(**_setting)
+        try:
+            _ex.set(**_setting)
+        finally:
+            del _ex.view.preview
         _t1 = _time.perf_counter()
-        del _ex.view.preview
         _rows.append({"explorer": _name, "title": getattr(_ex.widget.children[0], "value", ""),
                       "change": {k: repr(v) for k, v in _setting.items() if v != _defaults[k]},
                       "seconds": round(_t1 - _t0, 2),
